@@ -1,0 +1,109 @@
+"""Coercion and validation shared by the public functions: everything is checked here, before any kernel
+writes, and every failure names the argument, the position and the value."""
+import numpy as np
+
+from fastembed import _index
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+def as_ids(ids, name="ids"):
+    """Return ``ids`` as a C-contiguous int32/int64 array of the same shape (any rank, empty allowed).
+
+    Other integer dtypes are widened to int64; bool, float, complex and object arrays raise ``TypeError``.
+    """
+    arr = ids if isinstance(ids, np.ndarray) else np.asarray(ids)
+    dtype = arr.dtype
+    if dtype not in INDEX_DTYPES:
+        if dtype.kind not in "iu" or dtype == np.bool_:
+            if arr.size == 0 and dtype.kind == "f" and not isinstance(ids, np.ndarray):
+                # np.asarray([]) is float64: an empty list is a valid (empty) batch of ids.
+                return np.zeros(arr.shape, np.int64)
+            raise TypeError(f"{name} must be an integer array, got dtype {dtype}")
+        if dtype.kind == "u" and dtype.itemsize == 8 and arr.size and arr.max() > _INT64_MAX:
+            position = int(np.argmax(arr > _INT64_MAX))
+            raise IndexError(f"{name}{_where(arr.shape, position)} = {arr.reshape(-1)[position]} "
+                             f"does not fit in int64")
+        arr = arr.astype(np.int64)
+    if not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
+    return arr
+
+
+def as_table(table, name="table", min_ndim=2, writeable=False):
+    """Return ``table`` as an ndarray of float32/float64 with ``ndim == 2``; a non-contiguous one is copied
+    (the caller copies back when it writes)."""
+    if not isinstance(table, np.ndarray):
+        table = np.asarray(table)
+    if table.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got dtype {table.dtype}")
+    if table.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (rows, dim), got shape {table.shape}")
+    if writeable and not table.flags.writeable:
+        raise ValueError(f"{name} is read-only; it is written in place")
+    return table
+
+
+def as_float(values, name, dtype=None):
+    """Return ``values`` as a float32/float64 ndarray (cast to ``dtype`` when given)."""
+    arr = values if isinstance(values, np.ndarray) else np.asarray(values)
+    if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
+        raise TypeError(f"{name} must be a float array, got dtype {arr.dtype}")
+    target = dtype if dtype is not None else (arr.dtype if arr.dtype in FLOAT_DTYPES else np.dtype(np.float64))
+    if arr.dtype != target:
+        arr = arr.astype(target)
+    return arr
+
+
+def check_rows(flat_ids, n_rows, n_threads, shape, name="ids"):
+    """Raise ``IndexError`` for the first id outside ``[0, n_rows)``; ``shape`` locates it in the input."""
+    bad = _index.first_out_of_range(flat_ids, n_rows, n_threads)
+    if bad >= 0:
+        value = int(flat_ids[bad])
+        bound = f"[0, {n_rows})" if n_rows < _INT64_MAX else "[0, 2**63 - 1)"
+        raise IndexError(f"{name}{_where(shape, bad)} = {value} is out of range {bound}"
+                         + (f" for a table of {n_rows} rows" if n_rows < _INT64_MAX else ""))
+
+
+def check_grad_shape(grad, ids_shape, dim, name="grad_out"):
+    expected = tuple(ids_shape) + ((dim,) if dim is not None else ())
+    if dim is None:
+        if grad.shape[:-1] != tuple(ids_shape) or grad.ndim != len(ids_shape) + 1:
+            raise ValueError(f"{name} must have shape ids.shape + (D,) = {tuple(ids_shape)} + (D,), "
+                             f"got {grad.shape}")
+    elif grad.shape != expected:
+        raise ValueError(f"{name} must have shape ids.shape + (D,) = {expected}, got {grad.shape}")
+
+
+def prepare_out(out, shape, dtype, name="out"):
+    """Return a C-contiguous output array of ``shape``/``dtype``: the caller's ``out`` (checked) or a new one."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {out.shape}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {out.dtype}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    return out
+
+
+def check_positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a positive int, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return int(value)
+
+
+def _where(shape, flat_position):
+    if len(shape) == 0:
+        return ""
+    index = np.unravel_index(flat_position, shape)
+    return "[" + ", ".join(str(int(i)) for i in index) + "]"

@@ -1,0 +1,107 @@
+"""Numerical-gradient check of an embedding layer's sparse backward pass."""
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastembed._validation import as_ids
+
+
+@dataclass
+class GradcheckReport:
+    """Outcome of ``gradcheck``.
+
+    ok: every checked entry within ``atol + rtol * |numeric|`` and untouched rows exactly zero.
+    max_abs_err / max_rel_err: worst |analytic - numeric| and that divided by max(|numeric|, tiny).
+    worst_row: the table row holding the worst absolute error (None when nothing was checked).
+    checked_rows: rows compared by finite differences (looked-up rows plus sampled untouched ones).
+    untouched_nonzero: untouched rows whose analytic or numeric gradient is not exactly zero.
+    """
+
+    ok: bool
+    max_abs_err: float
+    max_rel_err: float
+    worst_row: object
+    checked_rows: int
+    untouched_nonzero: list
+
+    def __bool__(self):
+        return self.ok
+
+
+def default_loss(seed=0):
+    """A smooth scalar loss of the output, ``sum(c * y) + 0.5 * sum(y**2)`` with fixed random c.
+
+    Returns ``loss(y) -> (value, dL/dy)``; non-linear in the table when ids repeat.
+    """
+    cache = {}
+
+    def loss(y):
+        key = y.shape
+        if key not in cache:
+            cache[key] = np.random.default_rng(seed).standard_normal(y.shape)
+        c = cache[key]
+        return float(np.sum(c * y) + 0.5 * np.sum(y * y)), c + y
+
+    return loss
+
+
+def gradcheck(layer, ids, loss=None, eps=1e-6, atol=1e-8, rtol=1e-6, untouched_samples=8, seed=0):
+    """Compare ``layer.backward`` with central finite differences, in float64.
+
+    layer: an ``Embedding`` (anything with ``embeddings``, ``__call__`` and ``backward``); its weights and
+    gradient are left as they were. ids: integer array of any shape. loss: ``f(y) -> (scalar, dL/dy)`` over
+    the layer's output (default ``default_loss()``). Every looked-up row and up to ``untouched_samples``
+    other rows are perturbed entry by entry by ±eps; untouched rows must get exactly zero gradient.
+    """
+    loss = loss or default_loss(seed)
+    ids = as_ids(ids)
+    saved_weights, saved_grad, saved_dtype = layer.embeddings, layer.grad, layer.dtype
+    saved_trainable = layer.trainable
+    table = np.array(saved_weights, dtype=np.float64)
+    try:
+        layer.embeddings, layer.dtype, layer.grad, layer.trainable = table, np.dtype(np.float64), None, True
+        _, grad_y = loss(layer(ids))
+        analytic = layer.backward(ids, np.asarray(grad_y, dtype=np.float64))
+        analytic_rows = dict(zip(analytic.rows.tolist(), analytic.values))
+        touched = np.unique(ids)
+        rng = np.random.default_rng(seed)
+        untouched_pool = np.setdiff1d(np.arange(table.shape[0]), touched)
+        untouched = rng.choice(untouched_pool, size=min(untouched_samples, untouched_pool.size), replace=False)
+
+        def value():
+            return loss(layer(ids))[0]
+
+        max_abs = max_rel = 0.0
+        worst_row, ok, untouched_nonzero = None, True, []
+        for row in list(touched.tolist()) + list(untouched.tolist()):
+            expected = analytic_rows.get(row)
+            numeric = np.empty(table.shape[1])
+            for j in range(table.shape[1]):
+                original = table[row, j]
+                table[row, j] = original + eps
+                plus = value()
+                table[row, j] = original - eps
+                minus = value()
+                table[row, j] = original
+                numeric[j] = (plus - minus) / (2 * eps)
+            if row not in analytic_rows:
+                if np.any(numeric != 0.0):
+                    untouched_nonzero.append(row)
+                    ok = False
+                expected = np.zeros_like(numeric)
+            err = np.abs(expected - numeric)
+            rel = err / np.maximum(np.abs(numeric), np.finfo(np.float64).tiny)
+            if not np.all(err <= atol + rtol * np.abs(numeric)):
+                ok = False
+            if err.size and err.max() >= max_abs:
+                max_abs, worst_row = float(err.max()), row
+            if rel.size:
+                max_rel = max(max_rel, float(np.where(err == 0, 0.0, rel).max()))
+        extra_rows = set(analytic_rows) - set(touched.tolist())
+        if extra_rows:
+            ok = False
+            untouched_nonzero.extend(sorted(extra_rows))
+    finally:
+        layer.embeddings, layer.grad, layer.dtype = saved_weights, saved_grad, saved_dtype
+        layer.trainable = saved_trainable
+    return GradcheckReport(ok, max_abs, max_rel, worst_row, len(touched) + len(untouched), untouched_nonzero)
