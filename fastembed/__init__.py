@@ -9,21 +9,27 @@ import warnings as _warnings
 
 from fastembed._build_info import openmp_enabled
 from fastembed._threads import get_num_threads, set_num_threads
+from fastembed.bags import EmbeddingBag, embedding_bag, embedding_bag_backward
 from fastembed.gradcheck import GradcheckReport, gradcheck
 from fastembed.layers import Embedding
 from fastembed.ops import gather, scatter_add, sparse_grad
 from fastembed.sparse import SparseGrad
+from fastembed import optim
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Embedding",
+    "EmbeddingBag",
     "GradcheckReport",
     "SparseGrad",
+    "embedding_bag",
+    "embedding_bag_backward",
     "gather",
     "get_num_threads",
     "gradcheck",
     "openmp_enabled",
+    "optim",
     "scatter_add",
     "set_num_threads",
     "sparse_grad",

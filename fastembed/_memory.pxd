@@ -11,3 +11,23 @@ cdef extern from *:
     """
     void FE_PREFETCH_READ(const void *p) noexcept nogil
     void FE_PREFETCH_WRITE(const void *p) noexcept nogil
+
+cdef enum:
+    FE_CACHE_LINE = 64
+
+
+cdef inline void fe_prefetch_row(const void *row, Py_ssize_t row_bytes) noexcept nogil:
+    """Prefetch every cache line of one table row (a row spans several lines when D * itemsize > 64)."""
+    cdef const char *p = <const char *>row
+    cdef Py_ssize_t b = 0
+    while b < row_bytes:
+        FE_PREFETCH_READ(p + b)
+        b += FE_CACHE_LINE
+
+
+cdef inline void fe_prefetch_row_write(void *row, Py_ssize_t row_bytes) noexcept nogil:
+    cdef char *p = <char *>row
+    cdef Py_ssize_t b = 0
+    while b < row_bytes:
+        FE_PREFETCH_WRITE(p + b)
+        b += FE_CACHE_LINE

@@ -1,0 +1,72 @@
+# Summing the gradient of one table row from the positions that looked it up.
+#
+# Shared by the bag backward (``_bag.segment_reduce``) and the fused optimizers (``_optim.fused_update``), so
+# that a fused step adds exactly the same terms in exactly the same order as backward followed by step: the
+# positions of one row, grouped by ``_index.group_rows``, in increasing position order. One thread owns a
+# whole row, hence the same bits for any number of threads.
+from libc.stdint cimport int64_t
+from libc.string cimport memset
+
+from fastembed._memory cimport FE_PREFETCH_READ
+from fastembed._types cimport real_t
+
+cdef enum:
+    SEGMENT_PREFETCH = 8
+
+
+cdef struct Segments:
+    const int64_t *order     # (N,) positions sorted stably by id
+    const int64_t *seg_ptr   # (U + 1,): the positions of segment s are order[seg_ptr[s]:seg_ptr[s + 1]]
+    const int64_t *src       # (N,) the grad row of each position (its bag); NULL: the position itself
+    const int64_t *argpos    # (R, D) the position that won each (bag, column) of a max; NULL: all count
+    Py_ssize_t n_ids
+    Py_ssize_t dim
+    bint by_freq             # scale each term by 1 / (number of positions of the row)
+
+
+cdef inline Segments make_segments(const int64_t[::1] order, const int64_t[::1] seg_ptr, const int64_t[::1] src,
+                                   const int64_t[:, ::1] argpos, Py_ssize_t dim, bint by_freq) noexcept:
+    """Segments over the given arrays; an empty ``src`` or ``argpos`` means "absent"."""
+    cdef Segments seg
+    seg.order = &order[0] if order.shape[0] else NULL
+    seg.seg_ptr = &seg_ptr[0]
+    seg.src = &src[0] if src.shape[0] else NULL
+    seg.argpos = &argpos[0, 0] if argpos.shape[0] and argpos.shape[1] else NULL
+    seg.n_ids = order.shape[0]
+    seg.dim = dim
+    seg.by_freq = by_freq
+    return seg
+
+
+cdef inline void reduce_segment(const Segments *seg, const real_t *grad, const real_t *coef, Py_ssize_t s,
+                                real_t *dst) noexcept nogil:
+    """``dst = sum_k c_k * grad[src[p_k]]`` over the positions ``p_k`` of segment ``s``, in increasing order.
+
+    ``c_k = coef[p_k]`` (1 when ``coef`` is NULL), divided by the segment's length when ``by_freq``; with
+    ``argpos`` a column only counts where ``p_k`` is that bag's arg-max.
+    """
+    cdef int64_t k, pos, row, ahead, start = seg.seg_ptr[s], end = seg.seg_ptr[s + 1]
+    cdef Py_ssize_t j, dim = seg.dim
+    cdef real_t c, freq = 1
+    cdef const real_t *g
+    cdef const int64_t *won
+    if seg.by_freq and end > start:
+        freq = (<real_t>1) / <real_t>(end - start)
+    memset(dst, 0, dim * sizeof(real_t))
+    for k in range(start, end):
+        ahead = k + SEGMENT_PREFETCH
+        if ahead < seg.n_ids:
+            pos = seg.order[ahead]
+            FE_PREFETCH_READ(grad + (seg.src[pos] if seg.src != NULL else pos) * dim)
+        pos = seg.order[k]
+        row = seg.src[pos] if seg.src != NULL else pos
+        c = freq if coef == NULL else coef[pos] * freq
+        g = grad + row * dim
+        if seg.argpos == NULL:
+            for j in range(dim):
+                dst[j] += c * g[j]
+        else:
+            won = seg.argpos + row * dim
+            for j in range(dim):
+                if won[j] == pos:
+                    dst[j] += c * g[j]

@@ -1,0 +1,298 @@
+"""Pooled lookups ("bags"): ``embedding_bag`` and its gradient, and the ``EmbeddingBag`` layer.
+
+A bag is a group of ids whose rows are pooled into one vector (PyTorch ``EmbeddingBag``, TensorFlow
+``embedding_lookup_sparse``, FBGEMM's table-batched embeddings). Bags are given as a flat id array with CSR
+``offsets`` (PyTorch's convention) or as a 2-D id array of fixed-length bags, one bag per row.
+"""
+import numpy as np
+
+from fastembed import _bag
+from fastembed._plan import NO_ARGPOS, bag_plan
+from fastembed._threads import resolve_threads
+from fastembed._validation import as_float, as_ids, as_table, check_positive_int, check_rows
+from fastembed.layers import Embedding
+
+MODES = ("sum", "mean", "max", "sqrtn")
+_MODE_CODES = {"sum": 0, "mean": 1, "sqrtn": 2, "max": 3}
+EMPTY_POLICIES = ("zeros", "raise")
+
+
+class Bags:
+    """Validated bag input: ``ids`` (N,) int32/int64, ``offsets`` (B + 1,) int64 from 0 to N, ``weights``
+    (N,) or None, ``padding`` the id to skip or -1, ``shape`` the ids' original shape (for messages)."""
+
+    __slots__ = ("ids", "offsets", "weights", "mode", "padding", "shape", "num_rows", "threads")
+
+    def __init__(self, ids, offsets, weights, mode, padding, shape, num_rows, threads):
+        self.ids, self.offsets, self.weights, self.mode = ids, offsets, weights, mode
+        self.padding, self.shape, self.num_rows, self.threads = padding, shape, num_rows, threads
+
+    @property
+    def n_bags(self):
+        return self.offsets.shape[0] - 1
+
+    @property
+    def mode_code(self):
+        return _MODE_CODES[self.mode]
+
+    def weights_as(self, dtype):
+        """The per-sample weights as a (N,) array of ``dtype``, or an empty one when there are none."""
+        if self.weights is None:
+            return np.empty(0, dtype)
+        return np.ascontiguousarray(self.weights, dtype=dtype)
+
+    def empty_bags(self):
+        """Indices of the bags with no id left once ``padding`` ids are skipped."""
+        counts = np.diff(self.offsets)
+        if self.padding >= 0:
+            padded = np.concatenate([[0], np.cumsum(self.ids == self.padding)])
+            counts = counts - (padded[self.offsets[1:]] - padded[self.offsets[:-1]])
+        return np.flatnonzero(counts == 0)
+
+
+def check_mode(mode):
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}; got {mode!r}")
+    return mode
+
+
+def check_padding_idx(padding_idx, num_rows):
+    """``padding_idx`` as an id in ``[0, num_rows)`` (negative counts from the end, as in PyTorch), or -1."""
+    if padding_idx is None:
+        return -1
+    if isinstance(padding_idx, bool) or not isinstance(padding_idx, (int, np.integer)):
+        raise TypeError(f"padding_idx must be an int or None, got {padding_idx!r}")
+    given = int(padding_idx)
+    if given < 0 and num_rows is None:
+        raise ValueError(f"a negative padding_idx ({given}) needs the number of rows (num_rows)")
+    padding_idx = given + num_rows if given < 0 else given
+    if padding_idx < 0 or (num_rows is not None and padding_idx >= num_rows):
+        raise ValueError(f"padding_idx = {given} is out of range [-{num_rows}, {num_rows})")
+    return padding_idx
+
+
+def _check_offsets(offsets, n_ids, include_last_offset):
+    """CSR offsets as (B + 1,) int64: first 0, non-decreasing, ending at ``n_ids``."""
+    arr = offsets if isinstance(offsets, np.ndarray) else np.asarray(offsets)
+    if arr.size == 0 and not isinstance(offsets, np.ndarray):
+        arr = arr.astype(np.int64)  # np.asarray([]) is float64: an empty list is a valid (empty) offsets list
+    if arr.dtype.kind not in "iu" or arr.dtype == np.bool_:
+        raise TypeError(f"offsets must be an integer array, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise ValueError(f"offsets must be 1-D, got shape {arr.shape}")
+    arr = as_ids(arr, "offsets").astype(np.int64, copy=False)
+    if include_last_offset:
+        if arr.shape[0] == 0:
+            raise ValueError("offsets must have n_bags + 1 entries with include_last_offset=True, got none")
+    elif arr.shape[0] == 0:
+        if n_ids:
+            raise ValueError(f"offsets is empty but there are {n_ids} ids: every id must belong to a bag")
+        return np.zeros(1, np.int64)
+    if arr[0] != 0:
+        raise ValueError(f"offsets[0] = {int(arr[0])}: the first bag must start at 0")
+    steps = np.diff(arr)
+    if steps.size and steps.min() < 0:
+        at = int(np.argmax(steps < 0)) + 1
+        raise ValueError(f"offsets[{at}] = {int(arr[at])} is less than offsets[{at - 1}] = {int(arr[at - 1])}: "
+                         f"offsets must be non-decreasing")
+    last = int(arr[-1])
+    if include_last_offset and last != n_ids:
+        raise ValueError(f"offsets[{arr.shape[0] - 1}] = {last} must equal the number of ids ({n_ids}) "
+                         f"with include_last_offset=True")
+    if last > n_ids:
+        raise ValueError(f"offsets[{arr.shape[0] - 1}] = {last} is beyond the number of ids ({n_ids})")
+    if include_last_offset:
+        return np.ascontiguousarray(arr)
+    return np.concatenate([arr, [n_ids]]).astype(np.int64)
+
+
+def prepare_bags(ids, offsets, per_sample_weights, mode, padding_idx, include_last_offset, num_rows, dim,
+                 itemsize, n_threads):
+    """Validate a bag batch and return ``Bags``; nothing is computed before every check has passed.
+
+    ids: (N,) with ``offsets``, or (B, L) fixed-length bags with ``offsets=None``. per_sample_weights: ids'
+    shape. num_rows: ids must lie in ``[0, num_rows)`` (None: only non-negative).
+    """
+    mode = check_mode(mode)
+    ids = as_ids(ids)
+    if ids.ndim == 2:
+        if offsets is not None:
+            raise ValueError(f"offsets must be None when ids is 2-D (fixed-length bags), got ids of shape "
+                             f"{ids.shape} and offsets")
+        n_bags, length = ids.shape
+        offsets = np.arange(0, n_bags * length + 1, max(length, 1), dtype=np.int64)
+        if length == 0:
+            offsets = np.zeros(n_bags + 1, np.int64)
+    elif ids.ndim == 1:
+        if offsets is None:
+            raise ValueError("offsets is required when ids is 1-D (or pass 2-D ids of fixed-length bags)")
+        offsets = _check_offsets(offsets, ids.shape[0], include_last_offset)
+    else:
+        raise ValueError(f"ids must be 1-D (with offsets) or 2-D (fixed-length bags), got shape {ids.shape}")
+    weights = None
+    if per_sample_weights is not None:
+        if mode == "max":
+            raise ValueError("per_sample_weights are not supported with mode='max' (use 'sum', 'mean' or 'sqrtn')")
+        weights = as_float(per_sample_weights, "per_sample_weights")
+        if weights.shape != ids.shape:
+            raise ValueError(f"per_sample_weights must have the ids' shape {ids.shape}, got {weights.shape}")
+        weights = weights.reshape(-1)
+    padding = check_padding_idx(padding_idx, num_rows)
+    flat = ids.reshape(-1)
+    threads = resolve_threads(n_threads, flat.shape[0] * max(dim, 1) * itemsize)
+    check_rows(flat, num_rows if num_rows is not None else np.iinfo(np.int64).max, threads, ids.shape)
+    return Bags(flat, offsets, weights, mode, padding, ids.shape, num_rows, threads)
+
+
+def _check_empty_policy(empty):
+    if empty not in EMPTY_POLICIES:
+        raise ValueError(f"empty must be one of {', '.join(map(repr, EMPTY_POLICIES))}; got {empty!r}")
+
+
+def _pool(table, bags, empty):
+    if empty == "raise":
+        empty_bags = bags.empty_bags()
+        if empty_bags.size:
+            b = int(empty_bags[0])
+            raise ValueError(f"bag {b} (ids[{bags.offsets[b]}:{bags.offsets[b + 1]}]) has no id to pool "
+                             f"and empty='raise'" + (f" ({empty_bags.size} empty bags in all)"
+                                                     if empty_bags.size > 1 else ""))
+    out = np.empty((bags.n_bags, table.shape[1]), dtype=table.dtype)
+    _bag.bag_forward(table, bags.ids, bags.offsets, bags.weights_as(table.dtype), bags.mode_code, bags.padding,
+                     out, NO_ARGPOS, bags.threads)
+    return out
+
+
+def embedding_bag(table, ids, offsets=None, mode="sum", per_sample_weights=None, padding_idx=None,
+                  include_last_offset=False, empty="zeros", n_threads=None):
+    """Pool the rows of each bag: ``out[b] = pool(table[ids in bag b])``.
+
+    table: (V, D) float32/float64. ids: (N,) int with ``offsets``, or (B, L) for B bags of L ids each.
+    offsets: (B,) bag starts (PyTorch's convention: ``offsets[0] == 0``, non-decreasing, the last bag runs to
+    N), or (B + 1,) ending with N when ``include_last_offset``. Any integer dtype.
+    mode: ``"sum"``; ``"mean"`` (the sum divided by the bag's size, or by the sum of its weights);
+    ``"sqrtn"`` (divided by the square root of the size, or of the sum of squared weights); ``"max"``
+    (column-wise maximum). per_sample_weights: float, ids' shape, multiplies each row (not with max).
+    padding_idx: ids equal to it are skipped and not counted. empty: ``"zeros"`` (a bag with no id, or only
+    padding, or weights summing to 0 under mean/sqrtn, gives zeros) or ``"raise"`` (``ValueError`` naming the
+    first bag with no id). Returns (B, D), the table's dtype. Each bag is summed in position order by one
+    thread: the same bits for any thread count.
+    """
+    table = as_table(table)
+    _check_empty_policy(empty)
+    bags = prepare_bags(ids, offsets, per_sample_weights, mode, padding_idx, include_last_offset, table.shape[0],
+                        table.shape[1], table.itemsize, n_threads)
+    return _pool(np.ascontiguousarray(table), bags, empty)
+
+
+def embedding_bag_backward(ids, grad_out, offsets=None, mode="sum", per_sample_weights=None, padding_idx=None,
+                           include_last_offset=False, scale_grad_by_freq=False, num_rows=None, table=None,
+                           n_threads=None):
+    """Gradient of ``embedding_bag`` with respect to the table, as a ``SparseGrad``.
+
+    ids, offsets, mode, per_sample_weights, padding_idx, include_last_offset: as given to the forward pass.
+    grad_out: (B, D), the gradient of its output. num_rows: V (defaults to the table's). table: the (V, D)
+    table of the forward pass; required for ``mode="max"``, whose gradient goes, column by column, to the row
+    that held the maximum (the first of equal maxima). scale_grad_by_freq: each term divided by the number of
+    times its id occurs in the whole batch (PyTorch's ``nn.Embedding`` rule). Rows are the sorted unique ids
+    but ``padding_idx``; values have grad_out's dtype (the table's when given). Memory O(N + B * D), never
+    O(V); the same bits for any thread count.
+    """
+    if table is not None:
+        table = np.ascontiguousarray(as_table(table))
+        num_rows = table.shape[0] if num_rows is None else num_rows
+    if num_rows is not None:
+        num_rows = check_positive_int(num_rows, "num_rows")
+    grad = as_float(grad_out, "grad_out", dtype=None if table is None else table.dtype)
+    dim = grad.shape[-1] if grad.ndim else 0
+    bags = prepare_bags(ids, offsets, per_sample_weights, mode, padding_idx, include_last_offset, num_rows, dim,
+                        grad.itemsize, n_threads)
+    return bag_plan(bags, grad, grad.dtype, scale_grad_by_freq, table).sparse_grad()
+
+
+class EmbeddingBag(Embedding):
+    """Pools bags of ids into vectors: ``layer(ids, offsets)[b] == pool(layer.embeddings[bag b])``.
+
+    Mirrors ``Embedding`` (initializers, ``trainable``, ``grad``, ``step``, ``zero_grad``,
+    ``get_weights``/``set_weights``, ``count_params``, ``from_pretrained``), with PyTorch's bag options.
+
+    Args:
+        num_embeddings: table rows V; embedding_dim: width D.
+        mode: ``"mean"`` (PyTorch's default), ``"sum"``, ``"sqrtn"`` or ``"max"`` (see ``embedding_bag``).
+        padding_idx: an id that is skipped in every bag; its row starts at zeros (under a random or constant
+            initializer; ``weights`` are kept as given) and never receives gradient.
+        scale_grad_by_freq: divide each id's gradient by its count in the batch.
+        include_last_offset: offsets have B + 1 entries, the last equal to the number of ids.
+        empty: ``"zeros"`` or ``"raise"`` for bags with no id (see ``embedding_bag``).
+        embeddings_initializer, trainable, weights, dtype, seed, name: as for ``Embedding``.
+    """
+
+    def __init__(self, num_embeddings, embedding_dim, mode="mean", padding_idx=None, scale_grad_by_freq=False,
+                 include_last_offset=False, empty="zeros", embeddings_initializer="uniform", trainable=True,
+                 weights=None, dtype="float32", seed=None, name=None):
+        super().__init__(num_embeddings, embedding_dim, embeddings_initializer=embeddings_initializer,
+                         trainable=trainable, weights=weights, dtype=dtype, seed=seed, name=name or "embedding_bag")
+        self.mode = check_mode(mode)
+        self.padding_idx = None if padding_idx is None else check_padding_idx(padding_idx, self.input_dim)
+        self.scale_grad_by_freq = bool(scale_grad_by_freq)
+        self.include_last_offset = bool(include_last_offset)
+        _check_empty_policy(empty)
+        self.empty = empty
+        if self.padding_idx is not None and weights is None:
+            self.embeddings[self.padding_idx] = 0
+
+    @classmethod
+    def from_pretrained(cls, matrix, trainable=False, **kwargs):
+        """A bag layer whose table is (a copy of) ``matrix`` (V, D), frozen unless ``trainable=True``."""
+        matrix = np.asarray(matrix)
+        if matrix.ndim != 2:
+            raise ValueError(f"a pre-trained matrix must be 2-D (V, D), got shape {matrix.shape}")
+        kwargs.setdefault("dtype", matrix.dtype if matrix.dtype in (np.float32, np.float64) else "float32")
+        return cls(matrix.shape[0], matrix.shape[1], weights=matrix, trainable=trainable, **kwargs)
+
+    @property
+    def num_embeddings(self):
+        return self.input_dim
+
+    @property
+    def embedding_dim(self):
+        return self.output_dim
+
+    def _bags(self, ids, offsets, per_sample_weights, n_threads):
+        return prepare_bags(ids, offsets, per_sample_weights, self.mode, self.padding_idx, self.include_last_offset,
+                            self.input_dim, self.output_dim, self.dtype.itemsize, n_threads)
+
+    def __call__(self, ids, offsets=None, per_sample_weights=None, n_threads=None):
+        """Pool the bags → (B, embedding_dim), the layer's dtype. ids/offsets as in ``embedding_bag``."""
+        return _pool(self.embeddings, self._bags(ids, offsets, per_sample_weights, n_threads), self.empty)
+
+    def _grad_plan(self, ids, offsets, grad_out, per_sample_weights=None, n_threads=None):
+        """The grouped gradient of one call (see ``fastembed._plan``); used by ``backward`` and the fused
+        optimizers. In max mode the arg-max is recomputed from the current table."""
+        bags = self._bags(ids, offsets, per_sample_weights, n_threads)
+        return bag_plan(bags, grad_out, self.dtype, self.scale_grad_by_freq, self.embeddings)
+
+    def backward(self, ids, offsets, grad_out, per_sample_weights=None, n_threads=None):
+        """Gradient of the table for one call's ``grad_out`` (B, embedding_dim), with the call's ids, offsets
+        and weights. Returns the call's ``SparseGrad`` and, when trainable, adds it to ``self.grad``. Max mode
+        finds each arg-max again from the table, which must be the one the forward pass read."""
+        grad = self._grad_plan(ids, offsets, grad_out, per_sample_weights, n_threads).sparse_grad()
+        if self.trainable:
+            self.grad = grad if self.grad is None else self.grad + grad
+        return grad
+
+    def __repr__(self):
+        flags = [f"mode={self.mode!r}"]
+        if self.padding_idx is not None:
+            flags.append(f"padding_idx={self.padding_idx}")
+        if self.scale_grad_by_freq:
+            flags.append("scale_grad_by_freq=True")
+        if self.include_last_offset:
+            flags.append("include_last_offset=True")
+        if self.empty != "zeros":
+            flags.append(f"empty={self.empty!r}")
+        if not self.trainable:
+            flags.append("trainable=False")
+        return (f"EmbeddingBag(name={self.name!r}, num_embeddings={self.input_dim}, "
+                f"embedding_dim={self.output_dim}, dtype={self.dtype.name}, {', '.join(flags)}, "
+                f"params={self.count_params()})")

@@ -1,0 +1,309 @@
+"""Fused sparse optimizers: update only the rows a batch touched, straight from the batch.
+
+Each optimizer holds a layer (``Embedding`` or ``EmbeddingBag``) and its state as plain numpy arrays:
+
+* ``step()`` consumes ``layer.grad`` (the ``SparseGrad`` accumulated by ``layer.backward``), then clears it;
+* ``fused_step(ids, grad_out)`` (bags: ``fused_step(ids, grad_out, offsets=..., per_sample_weights=...)``)
+  does the same update straight from the batch: ids are grouped by row and every touched row is reduced
+  and updated once by one thread, without materialising a ``SparseGrad`` or anything of size V x D. It
+  gives the same bits as ``layer.backward(...)`` followed by ``step()``, for any thread count.
+
+Hyper-parameters mean what they mean in ``torch.optim``; the arithmetic follows it operation by operation.
+Where the two differ, fastembed is lazy: only rows with a gradient in the batch change, so weight decay and
+SGD momentum apply to touched rows only (``torch.optim.SGD`` keeps moving every row its momentum buffer has
+seen; ``torch.optim.Adagrad`` refuses weight decay with sparse gradients). ``SparseAdam`` matches PyTorch
+exactly, including its single step count per table (bias correction uses the number of steps taken, not the
+number of times a row was touched). A frozen layer (``trainable=False``) is never updated.
+"""
+import math
+
+import numpy as np
+
+from fastembed import _optim
+from fastembed._plan import GradPlan, lookup_plan
+from fastembed._threads import resolve_threads
+from fastembed.bags import EmbeddingBag
+from fastembed.ops import sparse_grad
+
+_SGD, _ADAGRAD, _ROWWISE_ADAGRAD, _SPARSE_ADAM = 0, 1, 2, 3
+_NO_STATE = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0, np.float64)}
+
+
+def _non_negative(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not value >= 0.0:
+        raise ValueError(f"Invalid {name}: {value} (must be >= 0)")
+    return value
+
+
+def _beta(value, index):
+    value = _non_negative(value, f"beta parameter at index {index}")
+    if value >= 1.0:
+        raise ValueError(f"Invalid beta parameter at index {index}: {value} (must be in [0, 1))")
+    return value
+
+
+class SparseOptimizer:
+    """The shared machinery; subclasses name their hyper-parameters and state arrays."""
+
+    kind = None
+    hyper_names = ("lr",)
+
+    def __init__(self, layer, lr):
+        table = getattr(layer, "embeddings", None)
+        if not isinstance(table, np.ndarray) or table.ndim != 2 or not hasattr(layer, "trainable"):
+            raise TypeError(f"an optimizer needs a layer with a 2-D table (Embedding or EmbeddingBag), "
+                            f"got {type(layer).__name__}")
+        self.layer = layer
+        self.lr = _non_negative(lr, "learning rate")
+        self.state = {}
+
+    # --- state -----------------------------------------------------------------------------------------
+    def _state_shapes(self):
+        """``{name: shape}`` of the state arrays this optimizer keeps with its current hyper-parameters."""
+        return {}
+
+    def _initial_value(self, name):
+        return 0.0
+
+    def _allocate_state(self):
+        table = self.layer.embeddings
+        self.state = {name: np.full(shape, self._initial_value(name), dtype=table.dtype)
+                      for name, shape in self._state_shapes().items()}
+
+    def state_dict(self):
+        """Hyper-parameters and state as numpy arrays (``np.savez(path, **opt.state_dict())`` saves it).
+
+        The state arrays are the optimizer's own (as in PyTorch): copy them to keep a snapshot while training.
+        """
+        out = {"optimizer": np.asarray(type(self).__name__)}
+        for name in self.hyper_names:
+            out[name] = np.asarray(getattr(self, name))
+        out.update(self.state)
+        return out
+
+    def load_state_dict(self, state_dict):
+        """Restore hyper-parameters and state saved by ``state_dict`` (arrays are copied in)."""
+        saved = dict(state_dict)
+        name = str(np.asarray(saved.get("optimizer", "")))
+        if name != type(self).__name__:
+            raise ValueError(f"this state is for {name or 'an unknown optimizer'}, not {type(self).__name__}")
+        missing = [key for key in self.hyper_names if key not in saved]
+        if missing:
+            raise KeyError(f"the state has no {', '.join(missing)}")
+        previous = {key: getattr(self, key) for key in self.hyper_names}
+        try:
+            self._set_hyper(**{key: np.asarray(saved[key]).tolist() for key in self.hyper_names})
+            shapes = self._state_shapes()
+            for key, shape in shapes.items():
+                if key not in saved:
+                    raise KeyError(f"the state has no {key!r}")
+                if np.shape(saved[key]) != shape:
+                    raise ValueError(f"state {key!r} must have shape {shape}, got {np.shape(saved[key])}")
+        except (KeyError, ValueError, TypeError):
+            self._set_hyper(**previous)
+            raise
+        dtype = self.layer.embeddings.dtype
+        self.state = {key: np.array(saved[key], dtype=dtype, order="C", copy=True) for key in shapes}
+
+    def _set_hyper(self, **hyper):
+        raise NotImplementedError
+
+    # --- updates ---------------------------------------------------------------------------------------
+    def zero_grad(self):
+        """Clear the layer's accumulated gradient."""
+        self.layer.grad = None
+
+    def step(self, n_threads=None):
+        """Update the rows of ``layer.grad`` (from ``layer.backward``), then clear it."""
+        layer = self.layer
+        grad, layer.grad = layer.grad, None
+        if grad is None or not layer.trainable:
+            return
+        table = layer.embeddings
+        if grad.dim != table.shape[1]:
+            raise ValueError(f"layer.grad has width {grad.dim} but the table has width {table.shape[1]}")
+        rows = np.asarray(grad.rows, dtype=np.int64)
+        values = np.ascontiguousarray(grad.values, dtype=table.dtype)
+        if rows.size and (rows[0] < 0 or rows[-1] >= table.shape[0] or np.any(rows[1:] <= rows[:-1])):
+            # Not sorted unique in range (a hand-made gradient): group it, which also checks the ids.
+            coalesced = sparse_grad(rows, values, num_rows=table.shape[0], n_threads=n_threads)
+            rows, values = coalesced.rows, coalesced.values
+        threads = resolve_threads(n_threads, values.size * values.itemsize)
+        plan = GradPlan(rows, np.arange(rows.shape[0], dtype=np.int64), np.arange(rows.shape[0] + 1, dtype=np.int64),
+                        values, table.shape[0], threads)
+        self._apply(plan)
+
+    def fused_step(self, ids, grad_out, offsets=None, per_sample_weights=None, n_threads=None):
+        """Backward and update in one pass, from one batch.
+
+        Embedding: ids any shape, grad_out ``ids.shape + (D,)``. EmbeddingBag: ids/offsets as for the layer's
+        call, grad_out (B, D), with the layer's mode, padding_idx and scale_grad_by_freq (max mode finds its
+        arg-max in the table before updating it). ``layer.grad`` is neither read nor changed.
+        """
+        layer = self.layer
+        if isinstance(layer, EmbeddingBag):
+            plan = layer._grad_plan(ids, offsets, grad_out, per_sample_weights, n_threads)
+        else:
+            if offsets is not None or per_sample_weights is not None:
+                raise TypeError("offsets and per_sample_weights apply to an EmbeddingBag layer only")
+            checked = layer._checked_ids(ids) if hasattr(layer, "_checked_ids") else ids
+            plan = lookup_plan(checked, grad_out, layer.embeddings.shape[0], layer.embeddings.dtype,
+                               padding_idx=getattr(layer, "padding_idx", None),
+                               scale_grad_by_freq=getattr(layer, "scale_grad_by_freq", False), n_threads=n_threads)
+        if plan.grad.shape[1] != layer.embeddings.shape[1]:
+            raise ValueError(f"grad_out has width {plan.grad.shape[1]} but the table has width "
+                             f"{layer.embeddings.shape[1]}")
+        if layer.trainable:
+            self._apply(plan)
+
+    def _advance(self):
+        """Count one more update; return the scalar the kernel needs beyond the hyper-parameters."""
+        return 0.0
+
+    def _apply(self, plan):
+        table = self.layer.embeddings
+        if not (table.flags.c_contiguous and table.flags.writeable):
+            raise ValueError("the layer's table must be a writeable C-contiguous array to be updated in place")
+        for name, shape in self._state_shapes().items():
+            array = self.state.get(name)
+            if array is None or array.shape != shape or array.dtype != table.dtype:
+                raise ValueError(f"state {name!r} does not fit the layer's table {table.shape} {table.dtype}: "
+                                 f"was the table replaced? Create the optimizer again")
+        step_size = self._advance()
+        arrays = [self.state[name].reshape(-1) for name in self._state_shapes()]
+        state1, state2 = (arrays + [_NO_STATE[table.dtype]] * 2)[:2]
+        scratch = np.empty((plan.threads, table.shape[1]), table.dtype)
+        hyper = {"momentum": 0.0, "beta1": 0.0, "beta2": 0.0, "eps": 0.0, "weight_decay": 0.0,
+                 **self._kernel_hyper()}
+        _optim.fused_update(self.kind, table, state1, state2, plan.rows, *plan.kernel_args(), self.lr,
+                            hyper["momentum"], hyper["beta1"], hyper["beta2"], hyper["eps"], hyper["weight_decay"],
+                            step_size, scratch, plan.threads)
+
+    def _kernel_hyper(self):
+        return {}
+
+    def __repr__(self):
+        hyper = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.hyper_names)
+        return f"{type(self).__name__}({hyper}, layer={getattr(self.layer, 'name', type(self.layer).__name__)!r})"
+
+
+class SGD(SparseOptimizer):
+    """``w -= lr * g`` on touched rows; with momentum, ``buf = momentum * buf + g; w -= lr * buf`` (PyTorch's
+    form, dampening 0), lazily: a row's buffer only decays and applies when the row is in the batch.
+    weight_decay adds ``weight_decay * w`` to the gradient of touched rows."""
+
+    kind = _SGD
+    hyper_names = ("lr", "momentum", "weight_decay")
+
+    def __init__(self, layer, lr, momentum=0.0, weight_decay=0.0):
+        super().__init__(layer, lr)
+        self._set_hyper(lr, momentum, weight_decay)
+        self._allocate_state()
+
+    def _set_hyper(self, lr, momentum, weight_decay):
+        self.lr = _non_negative(lr, "learning rate")
+        self.momentum = _non_negative(momentum, "momentum value")
+        self.weight_decay = _non_negative(weight_decay, "weight_decay value")
+
+    def _state_shapes(self):
+        return {"momentum_buffer": self.layer.embeddings.shape} if self.momentum else {}
+
+    def _kernel_hyper(self):
+        return {"momentum": self.momentum, "weight_decay": self.weight_decay}
+
+
+class Adagrad(SparseOptimizer):
+    """PyTorch's Adagrad on touched rows: ``sum += g^2; w -= lr * g / (sqrt(sum) + eps)`` element-wise
+    (lr_decay 0), the accumulator starting at ``initial_accumulator_value``; weight_decay adds
+    ``weight_decay * w`` to the gradient of touched rows. State: ``sum`` (V, D)."""
+
+    kind = _ADAGRAD
+    hyper_names = ("lr", "eps", "initial_accumulator_value", "weight_decay")
+
+    def __init__(self, layer, lr, eps=1e-10, initial_accumulator_value=0.0, weight_decay=0.0):
+        super().__init__(layer, lr)
+        self._set_hyper(lr, eps, initial_accumulator_value, weight_decay)
+        self._allocate_state()
+
+    def _set_hyper(self, lr, eps, initial_accumulator_value, weight_decay):
+        self.lr = _non_negative(lr, "learning rate")
+        self.eps = _non_negative(eps, "epsilon value")
+        self.initial_accumulator_value = _non_negative(initial_accumulator_value, "initial_accumulator_value")
+        self.weight_decay = _non_negative(weight_decay, "weight_decay value")
+
+    def _state_shapes(self):
+        return {"sum": self.layer.embeddings.shape}
+
+    def _initial_value(self, name):
+        return self.initial_accumulator_value
+
+    def _kernel_hyper(self):
+        return {"eps": self.eps, "weight_decay": self.weight_decay}
+
+
+class RowWiseAdagrad(SparseOptimizer):
+    """Adagrad with one accumulator per row (FBGEMM's ``EXACT_ROWWISE_ADAGRAD``, its default for large
+    tables): ``sum[r] += mean(g^2); w -= lr * g / (sqrt(sum[r]) + eps)``; weight_decay adds
+    ``weight_decay * w`` to the gradient first (FBGEMM's L2 mode). State: ``sum`` (V,)."""
+
+    kind = _ROWWISE_ADAGRAD
+    hyper_names = ("lr", "eps", "weight_decay")
+
+    def __init__(self, layer, lr, eps=1e-10, weight_decay=0.0):
+        super().__init__(layer, lr)
+        self._set_hyper(lr, eps, weight_decay)
+        self._allocate_state()
+
+    def _set_hyper(self, lr, eps, weight_decay):
+        self.lr = _non_negative(lr, "learning rate")
+        self.eps = _non_negative(eps, "epsilon value")
+        self.weight_decay = _non_negative(weight_decay, "weight_decay value")
+
+    def _state_shapes(self):
+        return {"sum": self.layer.embeddings.shape[:1]}
+
+    def _kernel_hyper(self):
+        return {"eps": self.eps, "weight_decay": self.weight_decay}
+
+
+class SparseAdam(SparseOptimizer):
+    """PyTorch's ``SparseAdam`` ("lazy Adam"): the moments of touched rows only are updated,
+    ``m += (g - m) * (1 - b1); v += (g^2 - v) * (1 - b2)``, and those rows move by
+    ``lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``, where t counts the optimizer's steps (one
+    count per table, as in PyTorch, incremented by every ``step()`` that finds a gradient and every
+    ``fused_step``, even an empty one). State: ``exp_avg``, ``exp_avg_sq`` (V, D) and ``step``."""
+
+    kind = _SPARSE_ADAM
+    hyper_names = ("lr", "betas", "eps", "step_count")
+
+    def __init__(self, layer, lr, betas=(0.9, 0.999), eps=1e-8):
+        super().__init__(layer, lr)
+        self._set_hyper(lr, betas, eps, 0)
+        self._allocate_state()
+
+    def _set_hyper(self, lr, betas, eps, step_count):
+        self.lr = _non_negative(lr, "learning rate")
+        betas = tuple(betas)
+        if len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        self.betas = (_beta(betas[0], 0), _beta(betas[1], 1))
+        self.eps = _non_negative(eps, "epsilon value")
+        if isinstance(step_count, bool) or not isinstance(step_count, (int, np.integer)) or step_count < 0:
+            raise ValueError(f"step_count must be a non-negative int, got {step_count!r}")
+        self.step_count = int(step_count)
+
+    def _state_shapes(self):
+        shape = self.layer.embeddings.shape
+        return {"exp_avg": shape, "exp_avg_sq": shape}
+
+    def _advance(self):
+        """One more step; returns the bias-corrected step size."""
+        self.step_count += 1
+        beta1, beta2 = self.betas
+        return self.lr * math.sqrt(1 - beta2 ** self.step_count) / (1 - beta1 ** self.step_count)
+
+    def _kernel_hyper(self):
+        return {"beta1": self.betas[0], "beta2": self.betas[1], "eps": self.eps}
