@@ -45,14 +45,18 @@ def default_loss(seed=0):
     return loss
 
 
-def gradcheck(layer, ids, loss=None, eps=1e-6, atol=1e-8, rtol=1e-6, untouched_samples=8, seed=0):
+def gradcheck(layer, ids, loss=None, eps=1e-6, atol=1e-8, rtol=1e-6, untouched_samples=8, seed=0, call_kwargs=None):
     """Compare ``layer.backward`` with central finite differences, in float64.
 
     layer: an ``Embedding`` (anything with ``embeddings``, ``__call__`` and ``backward``); its weights and
     gradient are left as they were. ids: integer array of any shape. loss: ``f(y) -> (scalar, dL/dy)`` over
     the layer's output (default ``default_loss()``). Every looked-up row and up to ``untouched_samples``
     other rows are perturbed entry by entry by ±eps; untouched rows must get exactly zero gradient.
+    call_kwargs: extra keyword arguments of both ``layer(ids, **call_kwargs)`` and
+    ``layer.backward(ids, grad_out=..., **call_kwargs)``, e.g. ``{"offsets": offsets}`` for an
+    ``EmbeddingBag`` (``{"offsets": None}`` with 2-D ids).
     """
+    call_kwargs = dict(call_kwargs or {})
     loss = loss or default_loss(seed)
     ids = as_ids(ids)
     saved_weights, saved_grad, saved_dtype = layer.embeddings, layer.grad, layer.dtype
@@ -60,8 +64,8 @@ def gradcheck(layer, ids, loss=None, eps=1e-6, atol=1e-8, rtol=1e-6, untouched_s
     table = np.array(saved_weights, dtype=np.float64)
     try:
         layer.embeddings, layer.dtype, layer.grad, layer.trainable = table, np.dtype(np.float64), None, True
-        _, grad_y = loss(layer(ids))
-        analytic = layer.backward(ids, np.asarray(grad_y, dtype=np.float64))
+        _, grad_y = loss(layer(ids, **call_kwargs))
+        analytic = layer.backward(ids, grad_out=np.asarray(grad_y, dtype=np.float64), **call_kwargs)
         analytic_rows = dict(zip(analytic.rows.tolist(), analytic.values))
         touched = np.unique(ids)
         rng = np.random.default_rng(seed)
@@ -69,7 +73,7 @@ def gradcheck(layer, ids, loss=None, eps=1e-6, atol=1e-8, rtol=1e-6, untouched_s
         untouched = rng.choice(untouched_pool, size=min(untouched_samples, untouched_pool.size), replace=False)
 
         def value():
-            return loss(layer(ids))[0]
+            return loss(layer(ids, **call_kwargs))[0]
 
         max_abs = max_rel = 0.0
         worst_row, ok, untouched_nonzero = None, True, []
