@@ -10,8 +10,9 @@ Each optimizer holds a layer (``Embedding`` or ``EmbeddingBag``) and its state a
 
 Hyper-parameters mean what they mean in ``torch.optim``; the arithmetic follows it operation by operation.
 Where the two differ, fastembed is lazy: only rows with a gradient in the batch change, so weight decay and
-SGD momentum apply to touched rows only (``torch.optim.SGD`` keeps moving every row its momentum buffer has
-seen; ``torch.optim.Adagrad`` refuses weight decay with sparse gradients). ``SparseAdam`` matches PyTorch
+SGD momentum apply to touched rows only (with sparse gradients ``torch.optim.SGD`` and ``Adagrad`` refuse
+weight decay, and SGD's momentum keeps moving every row its buffer has seen); with every row in every batch
+both give PyTorch's dense results. ``SparseAdam`` matches PyTorch
 exactly, including its single step count per table (bias correction uses the number of steps taken, not the
 number of times a row was touched). A frozen layer (``trainable=False``) is never updated.
 """
