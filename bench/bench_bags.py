@@ -237,23 +237,27 @@ def main(argv=None):
 
 
 # --- pytest-benchmark ---------------------------------------------------------------------------------------
-_WORKLOADS = {}
+_LIVE = {}
 
 
 def _case(layout, op, threads, name):
-    if layout not in _WORKLOADS:
-        _WORKLOADS[layout] = Workload(layout)
-    cases = dict(CASES[op](_WORKLOADS[layout], threads))
-    return cases.get(name)
+    """The named case, from the one set of cases kept alive (each set holds several copies of the table)."""
+    key = (layout, op, threads)
+    if key not in _LIVE:
+        _LIVE.clear()
+        _LIVE[key] = dict(CASES[op](Workload(layout), threads))
+    return _LIVE[key].get(name)
 
 
-def _case_names():
+def _test_cases():
     names = {"forward": ["fastembed", "torch F.embedding_bag", "FBGEMM TBE"],
              "backward": ["fastembed", "torch dense backward", "torch sparse backward + coalesce"],
              "fused": [f"fastembed {name}" for name in FASTEMBED_OPTIMIZERS]
              + ["torch sparse + SGD", "torch sparse + Adagrad", "torch sparse + SparseAdam", "FBGEMM fused SGD",
                 "FBGEMM fused RowWiseAdagrad"]}
-    return [(op, name) for op in OPS for name in names[op]]
+    # Grouped so that consecutive tests share one set of cases.
+    return [(layout, op, threads, name) for layout in LAYOUTS for op in OPS for threads in (1, 2)
+            for name in names[op]]
 
 
 try:
@@ -262,10 +266,8 @@ except ImportError:  # pragma: no cover
     pytest = None
 
 if pytest is not None:
-    @pytest.mark.parametrize("threads", [1, 2])
-    @pytest.mark.parametrize("op, name", _case_names())
-    @pytest.mark.parametrize("layout", LAYOUTS)
-    def test_bags(benchmark, layout, op, name, threads):
+    @pytest.mark.parametrize("layout, op, threads, name", _test_cases())
+    def test_bags(benchmark, layout, op, threads, name):
         run = _case(layout, op, threads, name)
         if run is None:
             pytest.skip(f"{name} is not installed")

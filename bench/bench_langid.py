@@ -43,7 +43,7 @@ class TorchLangID:
         loss.backward()
         self.sparse_optimizer.step()
         self.dense_optimizer.step()
-        return float(loss)
+        return loss.item()
 
     def predict(self, bags):
         torch = self.torch

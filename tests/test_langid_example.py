@@ -32,12 +32,12 @@ def test_take_gathers_whole_bags():
 def test_learns_synthetic_languages_and_reports():
     rng = np.random.default_rng(0)
     lists = _synthetic_wordlists(rng, {"aa": "abcdefg", "bb": "efghijk", "cc": "ijklmnop"})
-    train, test = langid.make_datasets(lists, 3000, 500, seed=1)
+    train, test = langid.make_datasets(lists, 1500, 300, seed=1)
     # Held-out words were never trained on in their language (a word may belong to two languages).
     assert not set(zip(train.words, train.labels.tolist())) & set(zip(test.words, test.labels.tolist()))
     model = langid.LangID(3, dim=16, lr=0.02, n_threads=2)
     rng = np.random.default_rng(2)
-    losses = [langid.train_epoch(model.train_step, train, 128, rng) for _ in range(3)]
+    losses = [langid.train_epoch(model.train_step, train, 64, rng) for _ in range(3)]
     assert losses[-1] < losses[0]
     predicted = model.predict(test)
     assert np.mean(predicted == test.labels) > 0.8
