@@ -39,11 +39,12 @@ cdef inline real_t _bag_scale(int mode, real_t denom) noexcept nogil:
 
 
 cdef inline void _prefetch_ahead(const real_t *table, const index_t *ids, int64_t k, Py_ssize_t n_ids,
-                                 Py_ssize_t dim) noexcept nogil:
+                                 Py_ssize_t row_bytes) noexcept nogil:
     """Prefetch the row of the id PREFETCH_DISTANCE positions ahead (bags are contiguous, so this crosses
     into the next bags near the end of one)."""
-    if k + PREFETCH_DISTANCE < n_ids:
-        fe_prefetch_row(table + ids[k + PREFETCH_DISTANCE] * dim, dim * sizeof(real_t))
+    cdef int64_t ahead = k + PREFETCH_DISTANCE
+    if ahead < n_ids:
+        fe_prefetch_row(<const char *>table + ids[ahead] * row_bytes, row_bytes)
 
 
 cdef inline real_t _sum_block(const real_t *table, const index_t *ids, Py_ssize_t n_ids, int64_t start,
@@ -56,7 +57,7 @@ cdef inline real_t _sum_block(const real_t *table, const index_t *ids, Py_ssize_
     pass prefetches rows ahead and returns the bag's denominator (sum of w, or of w^2).
     """
     cdef real_t acc[64]
-    cdef Py_ssize_t j
+    cdef Py_ssize_t j, row_bytes = dim * sizeof(real_t)
     cdef int64_t k, row, count = 0
     cdef real_t w, denom = 0
     cdef const real_t *src
@@ -66,7 +67,7 @@ cdef inline real_t _sum_block(const real_t *table, const index_t *ids, Py_ssize_
     if weights == NULL:
         for k in range(start, end):
             if first:
-                _prefetch_ahead(table, ids, k, n_ids, dim)
+                _prefetch_ahead(table, ids, k, n_ids, row_bytes)
             row = ids[k]
             if row == padding:
                 continue
@@ -78,7 +79,7 @@ cdef inline real_t _sum_block(const real_t *table, const index_t *ids, Py_ssize_
     else:
         for k in range(start, end):
             if first:
-                _prefetch_ahead(table, ids, k, n_ids, dim)
+                _prefetch_ahead(table, ids, k, n_ids, row_bytes)
             row = ids[k]
             if row == padding:
                 continue
@@ -103,7 +104,7 @@ cdef void _max_bag(const real_t *table, const index_t *ids, Py_ssize_t n_ids, in
         for j in range(dim):
             argpos[j] = -1
     for k in range(start, end):
-        _prefetch_ahead(table, ids, k, n_ids, dim)
+        _prefetch_ahead(table, ids, k, n_ids, row_bytes)
         row = ids[k]
         if row == padding:
             continue
@@ -148,7 +149,7 @@ cdef void _pool_bag(const real_t *table, const index_t *ids, Py_ssize_t n_ids, i
         memset(dst + j0, 0, tail * sizeof(real_t))
         for k in range(start, end):
             if j0 == 0:
-                _prefetch_ahead(table, ids, k, n_ids, dim)
+                _prefetch_ahead(table, ids, k, n_ids, row_bytes)
             row = ids[k]
             if row == padding:
                 continue
