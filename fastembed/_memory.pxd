@@ -1,4 +1,4 @@
-# Compiler hints used in the hot loops: software prefetch of rows a few iterations ahead.
+# Compiler hints for the hot loops: software prefetch of rows some iterations ahead.
 cdef extern from *:
     """
     #if defined(__GNUC__) || defined(__clang__)

@@ -29,6 +29,10 @@ def gather(table, ids, out=None, n_threads=None):
     Returns an array of shape ``ids.shape + (D,)``, the table's dtype. Raises ``IndexError`` naming the
     first id outside ``[0, V)`` before anything is written.
     """
+    if out is None and n_threads is None:
+        small = _gather.gather_small(table, ids)
+        if small is not None:
+            return small
     table = as_table(table)
     ids = as_ids(ids)
     flat = ids.reshape(-1)
