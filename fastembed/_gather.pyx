@@ -1,7 +1,7 @@
 """Forward kernel: ``out[i, :] = table[ids[i], :]``.
 
 The ids are validated by the caller (``first_out_of_range``) before this runs; the loop trusts them.
-Rows are read in random order, so the loop prefetches rows a few KiB ahead to keep several cache misses in
+Rows are read in random order, so the loop prefetches about 1 KiB of rows ahead to keep several cache misses in
 flight per core. Short rows get fixed-size copies (a ``memcpy`` call per 12-byte row costs more than the
 copy). Non-temporal stores for large outputs were measured slower than plain copies on the machines this
 was tuned on, so the output goes through the cache.
@@ -9,24 +9,12 @@ was tuned on, so the output goes through the cache.
 from libc.string cimport memcpy
 from cython.parallel cimport prange
 
-from fastembed._memory cimport FE_PREFETCH_READ
+from fastembed._memory cimport prefetch_distance, prefetch_row_read
 from fastembed._types cimport index_t, real_t
 
 cdef enum:
-    CACHE_LINE = 64
-    # Bytes of rows kept in flight ahead of the copy, clamped to [MIN_PREFETCH_ROWS, MAX_PREFETCH_ROWS] rows.
-    PREFETCH_BYTES = 1024
-    MIN_PREFETCH_ROWS = 2
-    MAX_PREFETCH_ROWS = 16
     # Below this many output bytes one thread is faster than starting a team.
     PARALLEL_MIN_BYTES = 1 << 16
-
-
-cdef inline void _prefetch_row(const char *row, Py_ssize_t row_bytes) noexcept nogil:
-    cdef Py_ssize_t b = 0
-    while b < row_bytes:
-        FE_PREFETCH_READ(row + b)
-        b += CACHE_LINE
 
 
 cdef inline void _copy_row(void *dst, const void *src, Py_ssize_t row_bytes) noexcept nogil:
@@ -56,12 +44,11 @@ cdef inline void _copy_row(void *dst, const void *src, Py_ssize_t row_bytes) noe
 cdef void _gather_range(const char *table, const index_t *ids, char *out, Py_ssize_t row_bytes,
                         Py_ssize_t start, Py_ssize_t end) noexcept nogil:
     cdef Py_ssize_t i, ahead
-    cdef Py_ssize_t distance = PREFETCH_BYTES // row_bytes
-    distance = min(max(distance, MIN_PREFETCH_ROWS), MAX_PREFETCH_ROWS)
+    cdef Py_ssize_t distance = prefetch_distance(row_bytes)
     for i in range(start, end):
         ahead = i + distance
         if ahead < end:
-            _prefetch_row(table + ids[ahead] * row_bytes, row_bytes)
+            prefetch_row_read(table + ids[ahead] * row_bytes, row_bytes)
         _copy_row(out + i * row_bytes, table + ids[i] * row_bytes, row_bytes)
 
 
