@@ -368,8 +368,8 @@ class _Collector:
     """Accumulates rows into one matrix and indexes the words.
 
     Duplicate entries are dropped before they are stored.  The matrix grows
-    and shrinks with ``ndarray.resize``, i.e. ``realloc``, which for large
-    blocks remaps pages instead of copying them: no second copy is needed.
+    and shrinks with ``ndarray.resize``, i.e. ``realloc``, which can usually
+    remap a large block rather than copy it, so no second copy is held.
     """
 
     def __init__(self, dim, dtype, capacity):

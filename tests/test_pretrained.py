@@ -317,6 +317,19 @@ def test_mmap_cache_rebuilt_when_corrupt(tmp_path):
     check(load_vectors(path, mmap=True), WORDS, m)
 
 
+def test_mmap_cache_unwritable(tmp_path, monkeypatch):
+    def refuse(path, write):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(pretrained, "_write_atomically", refuse)
+    m = _matrix()
+    path = write_text(tmp_path / "v.vec", WORDS, m)
+    with pytest.warns(UserWarning, match="cannot write the vector cache"):
+        vec = load_vectors(path, mmap=True)
+    check(vec, WORDS, m)
+    assert not isinstance(vec.vectors, np.memmap)
+
+
 def test_mmap_empty(tmp_path):
     path = tmp_path / "v.vec"
     path.write_text("0 3\n")
