@@ -15,6 +15,7 @@ same arrays and the same JSON (``to_json`` / ``tokenizer_from_json`` read
 and write the Keras layout), except where noted in their docstrings.
 """
 
+import itertools
 import json
 import operator
 from collections import OrderedDict, defaultdict
@@ -397,34 +398,50 @@ def pad_sequences(sequences, maxlen=None, dtype="int32", padding="pre", truncati
     if maxlen is None:
         maxlen = int(lengths.max()) if n else 0
 
-    # Cut long sequences before concatenating them, so that memory follows
-    # the output size rather than the input size.
-    pre = truncating == "pre"
-    parts = [
-        s if k <= maxlen else (s[k - maxlen:] if pre else s[:maxlen])
-        for s, k in zip(sequences, lengths.tolist())
-        if k and maxlen
-    ]
     kept = np.minimum(lengths, maxlen)
-    if not parts:
+    total = int(kept.sum())
+    if total == 0:
         return np.full((n, maxlen), value, dtype=dtype)
-    try:
-        flat = np.concatenate(parts)
-    except ValueError:
-        _raise_shape_mismatch(sequences)
-        raise
+    # Cut long sequences first, so that memory follows the output size
+    # rather than the input size.
+    if total < lengths.sum():
+        pre = truncating == "pre"
+        sequences = [
+            s if k <= maxlen else (s[k - maxlen:] if pre else s[:maxlen])
+            for s, k in zip(sequences, lengths.tolist())
+        ]
+    flat = _flatten(sequences, total, dtype)
     if dtype.kind in "iu" and flat.dtype.kind in "iuf":
         _check_int_range(flat, dtype)
 
-    x = np.full((n, maxlen) + flat.shape[1:], value, dtype=dtype)
-    rows = np.repeat(np.arange(n), kept)
-    # Position of each kept value within its own sequence.
-    offsets = np.cumsum(kept) - kept
-    pos = np.arange(flat.shape[0]) - np.repeat(offsets, kept)
+    # Row-major order of this mask is the order of ``flat``: row i keeps its
+    # last (pre) or first (post) kept[i] cells for values.
+    cols = np.arange(maxlen)
     if padding == "pre":
-        pos += np.repeat(maxlen - kept, kept)
-    x[rows, pos] = flat
+        mask = cols >= (maxlen - kept)[:, None]
+    else:
+        mask = cols < kept[:, None]
+    x = np.full((n, maxlen) + flat.shape[1:], value, dtype=dtype)
+    x[mask] = flat
     return x
+
+
+def _flatten(sequences, total, dtype):
+    """All values of ``sequences``, in order, as one array of ``total`` rows."""
+    first = next(s for s in sequences if len(s))
+    via = np.int64 if dtype.kind in "iu" else np.float64 if dtype.kind == "f" else None
+    # Lists of numbers: one C-level pass over all values.  np.concatenate
+    # would convert each list separately, which costs several times more.
+    if via is not None and isinstance(first, (list, tuple)):
+        try:
+            return np.fromiter(itertools.chain.from_iterable(sequences), dtype=via, count=total)
+        except (TypeError, ValueError, OverflowError):
+            pass  # nested values, NaN, huge ints...: let numpy infer a dtype
+    try:
+        return np.concatenate([s for s in sequences if len(s)])
+    except ValueError:
+        _raise_shape_mismatch(sequences)
+        raise
 
 
 def _pad_array(arr, maxlen, dtype, padding, truncating, value):

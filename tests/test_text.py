@@ -358,6 +358,13 @@ def test_pad_dtypes_and_casting():
     assert pad_sequences([np.array([1, 2], np.uint8), (3,)], dtype=np.int16).tolist() == [[1, 2], [0, 3]]
 
 
+def test_pad_mixed_containers():
+    seqs = [(1, 2), np.array([3, 4, 5]), [], [6.0]]
+    np.testing.assert_array_equal(pad_sequences(seqs), [[0, 1, 2], [3, 4, 5], [0, 0, 0], [0, 0, 6]])
+    x = pad_sequences([[0.25, 1], (2,)], dtype="float64", padding="post")
+    assert x.dtype == np.float64 and x.tolist() == [[0.25, 1.0], [2.0, 0.0]]
+
+
 def test_pad_numpy_inputs():
     arr = np.arange(12).reshape(3, 4)
     np.testing.assert_array_equal(pad_sequences(arr, maxlen=3), arr[:, 1:])
