@@ -42,16 +42,14 @@ def write_files(directory, n, dim, seed=0):
     lines = [f"{w} {nums}\n" for w, nums in zip(words, buf.getvalue().splitlines())]
     body = "".join(lines).encode()
     header = f"{n} {dim}\n".encode()
+    little = matrix.astype("<f4")
+    records = b"".join(w.encode() + b" " + row.tobytes() + b"\n" for w, row in zip(words, little))
 
     files = {
         "GloVe text": ("vectors.txt", "glove", body),
         "GloVe text .gz": ("vectors.txt.gz", "glove", body),
         "word2vec text": ("vectors.vec", "word2vec", header + body),
-        "word2vec binary": (
-            "vectors.bin",
-            "word2vec-binary",
-            header + b"".join(w.encode() + b" " + row.tobytes() + b"\n" for w, row in zip(words, matrix.astype("<f4"))),
-        ),
+        "word2vec binary": ("vectors.bin", "word2vec-binary", header + records),
     }
     out = {}
     for label, (name, kind, data) in files.items():
@@ -74,7 +72,8 @@ def median_time(fn, repeat):
 
 
 def gensim_load(path, kind):
-    return KeyedVectors.load_word2vec_format(path, binary=kind == "word2vec-binary", no_header=kind == "glove")
+    binary, no_header = kind == "word2vec-binary", kind == "glove"
+    return KeyedVectors.load_word2vec_format(path, binary=binary, no_header=no_header)
 
 
 def check_same(path, kind):
@@ -98,18 +97,19 @@ def main(argv=None):
         print("|---|---:|---:|---:|---:|")
         for label, (path, kind) in files.items():
             size = f"{os.path.getsize(path) / 2**20:.1f} MB"
-            ours = median_time(lambda: load_vectors(path, format=kind, progress=False), args.repeat)
+            ours = median_time(lambda p=path, k=kind: load_vectors(p, format=k, progress=False), args.repeat)
             if KeyedVectors is None:
                 print(f"| {label} | {size} | {ours:.3f} s | n/a | n/a |")
                 continue
             check_same(path, kind)
-            theirs = median_time(lambda: gensim_load(path, kind), args.repeat)
+            theirs = median_time(lambda p=path, k=kind: gensim_load(p, k), args.repeat)
             print(f"| {label} | {size} | {ours:.3f} s | {theirs:.3f} s | {theirs / ours:.1f}x |")
 
         path, kind = files["word2vec text"]
         load_vectors(path, format=kind, mmap=True)  # builds the cache
         cached = median_time(lambda: load_vectors(path, format=kind, mmap=True), args.repeat)
-        print(f"| word2vec text, mmap cache | {os.path.getsize(path + '.npy') / 2**20:.1f} MB | {cached:.3f} s | n/a | n/a |")
+        size = f"{os.path.getsize(path + '.npy') / 2**20:.1f} MB"
+        print(f"| word2vec text, mmap cache | {size} | {cached:.3f} s | n/a | n/a |")
 
 
 if __name__ == "__main__":

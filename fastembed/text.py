@@ -322,9 +322,9 @@ def tokenizer_from_json(json_string):
 def pad_sequences(sequences, maxlen=None, dtype="int32", padding="pre", truncating="pre", value=0):
     """Pad (or cut) sequences to one length; return a ``(n, maxlen)`` array.
 
-    Same result as ``keras.utils.pad_sequences``, computed in bulk: the
-    sequences are concatenated once and scattered into the output with
-    index arithmetic, with no per-element Python work.
+    Same result as ``keras.utils.pad_sequences``, computed in bulk: all
+    values are gathered in one pass and placed through a boolean mask, with
+    no per-element Python work.
 
     Parameters
     ----------

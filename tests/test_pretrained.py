@@ -10,10 +10,11 @@ import fastembed.pretrained as pretrained
 from fastembed.pretrained import EmbeddingStats, Vectors, embedding_matrix, load_vectors
 
 WORDS = ["the", ",", "café", "über", "of", "a"]
+N = len(WORDS)
 DIM = 4
 
 
-def _matrix(n=len(WORDS), dim=DIM, seed=0):
+def _matrix(n=N, dim=DIM, seed=0):
     return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
 
 
@@ -151,7 +152,8 @@ def test_limit(tmp_path, kind):
 def test_duplicates_keep_first(tmp_path):
     words = ["a", "b", "a", "c", "b"]
     m = _matrix(len(words))
-    for path in (write_text(tmp_path / "v.txt", words, m, header=False), write_binary(tmp_path / "v.bin", words, m)):
+    text = write_text(tmp_path / "v.txt", words, m, header=False)
+    for path in (text, write_binary(tmp_path / "v.bin", words, m)):
         with pytest.warns(UserWarning, match="2 duplicate words"):
             vec = load_vectors(path)
         check(vec, ["a", "b", "c"], m[[0, 1, 3]])
@@ -211,7 +213,7 @@ def test_malformed_line_numbers_across_blocks(tmp_path, tiny_chunks):
 def test_malformed_lines(tmp_path):
     path = tmp_path / "bad.vec"
     path.write_text("2 3\na 1 2 3\nb 1 2\n")
-    with pytest.raises(ValueError, match=r"bad\.vec, line 3: expected a word and 3 numbers .* found 3 fields"):
+    with pytest.raises(ValueError, match=r"bad\.vec, line 3: expected a word and 3 numbers .* 3 fields"):
         load_vectors(path)
     path.write_text("2 3\na 1 2 3\nb 1 2 z\n")
     with pytest.raises(ValueError, match=r"bad\.vec, line 3: could not convert string 'z'"):

@@ -154,7 +154,8 @@ def test_char_level_counts_every_character():
         ("t", 11), ("h", 5), ("e", 6), (" ", 14), ("c", 2), ("a", 6), ("s", 2), ("o", 6),
         ("n", 4), ("m", 1), (".", 3), ("d", 3), ("g", 5), ("l", 2), ("i", 2), ("v", 1), ("r", 1),
     ])
-    assert tok.texts_to_sequences(["tea"]) == [[tok.word_index["t"], tok.word_index["e"], tok.word_index["a"]]]
+    ids = tok.word_index
+    assert tok.texts_to_sequences(["tea"]) == [[ids["t"], ids["e"], ids["a"]]]
 
 
 def test_filters():
