@@ -24,7 +24,7 @@ import gzip
 import json
 import os
 import sys
-import tempfile
+import uuid
 import warnings
 from collections import Counter
 from collections.abc import Mapping
@@ -631,10 +631,12 @@ def _read_cache(npy_path, meta_path, key):
 
 def _write_atomically(path, write):
     # Write beside the target and rename, so that a crash or a concurrent
-    # reader never sees a half-written cache file.
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=os.path.basename(path), suffix=".tmp")
+    # reader never sees a half-written cache file.  A plain exclusive open
+    # (not mkstemp, which makes the file private to its owner) keeps the
+    # usual permissions, so a cache in a shared directory stays readable.
+    tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             write(f)
         os.replace(tmp, path)
     except BaseException:

@@ -292,6 +292,7 @@ def test_mmap_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     check(vec, WORDS, m)
     assert isinstance(vec.vectors, np.memmap) and not vec.vectors.flags.writeable
     assert os.path.exists(path + ".npy") and os.path.exists(path + ".words.json")
+    assert os.stat(path + ".npy").st_mode == os.stat(path).st_mode  # not private to its owner
 
     calls = []
     real_load = pretrained._load
