@@ -35,7 +35,18 @@ cdef extern from *:
         return (uint16_t)(u >> 16);
     }
 
-    static inline void fe_half_row_to_float(const uint16_t *src, float *dst, Py_ssize_t n) {
+    /* The conversion is a few dozen SSE2 instructions per 8 halves; where the compiler can make a clone for
+       AVX2 and pick it at load time (x86-64 Linux), 8-lane registers do the same work, with the same bits. */
+    #if defined(__x86_64__) && defined(__linux__) && defined(__has_attribute)
+    #if __has_attribute(target_clones)
+    #define FE_WIDE_CLONES __attribute__((target_clones("avx2", "default")))
+    #endif
+    #endif
+    #ifndef FE_WIDE_CLONES
+    #define FE_WIDE_CLONES
+    #endif
+
+    FE_WIDE_CLONES static void fe_half_row_to_float(const uint16_t *src, float *dst, Py_ssize_t n) {
         Py_ssize_t j;
         for (j = 0; j < n; j++) dst[j] = fe_half_to_float(src[j]);
     }
