@@ -5,7 +5,8 @@ contiguous arrays to a trusting ``nogil`` kernel. Nothing is written before ever
 """
 import numpy as np
 
-from fastembed import _gather, _index, _scatter
+from fastembed import _gather, _index, _rowscale, _scatter, lowp
+from fastembed._options import check_max_norm, check_norm_type, check_padding_idx, reduce_segments
 from fastembed._threads import resolve_threads
 from fastembed._validation import (
     as_float,
@@ -21,28 +22,43 @@ from fastembed.sparse import SparseGrad
 _NO_ROW_LIMIT = np.iinfo(np.int64).max
 
 
-def gather(table, ids, out=None, n_threads=None):
+def gather(table, ids, out=None, n_threads=None, max_norm=None, norm_type=2.0):
     """Look up rows: ``out[..., :] = table[ids[...], :]``.
 
-    table: (V, D) float32/float64. ids: integer array of any shape (0-d and empty included).
-    out: optional C-contiguous array of shape ``ids.shape + (D,)`` and the table's dtype.
-    Returns an array of shape ``ids.shape + (D,)``, the table's dtype. Raises ``IndexError`` naming the
-    first id outside ``[0, V)`` before anything is written.
+    table: (V, D) float32/float64, or a low-precision table (float16 array, bfloat16 as a
+    ``lowp.BFloat16Table`` or ``ml_dtypes.bfloat16`` array, int8 ``lowp.QuantizedTable``), read into float32.
+    ids: integer array of any shape (0-d and empty included).
+    out: optional C-contiguous array of shape ``ids.shape + (D,)`` and the output dtype.
+    max_norm / norm_type: when max_norm is given, each output row whose norm_type-norm exceeds it is scaled
+    by ``max_norm / (norm + 1e-7)``: the rows ``renorm_`` would produce, but the table is left untouched.
+    Returns an array of shape ``ids.shape + (D,)``, the table's dtype (float32 for low precision). Raises
+    ``IndexError`` naming the first id outside ``[0, V)`` before anything is written.
     """
-    if out is None and n_threads is None:
+    if out is None and n_threads is None and max_norm is None:
         small = _gather.gather_small(table, ids)
         if small is not None:
             return small
-    table = as_table(table)
+    if max_norm is not None:
+        max_norm, norm_type = check_max_norm(max_norm), check_norm_type(norm_type)
+    reader = lowp.reader(table)
+    if reader is None:
+        table = as_table(table)
     ids = as_ids(ids)
     flat = ids.reshape(-1)
-    n_rows, dim = table.shape
-    threads = resolve_threads(n_threads, flat.shape[0] * dim * table.itemsize)
+    n_rows, dim = table.shape if reader is None else reader.shape
+    out_dtype = table.dtype if reader is None else np.dtype(np.float32)
+    threads = resolve_threads(n_threads, flat.shape[0] * dim * out_dtype.itemsize)
     check_rows(flat, n_rows, threads, ids.shape)
-    out = prepare_out(out, ids.shape + (dim,), table.dtype)
-    if not table.flags.c_contiguous:
-        table = np.ascontiguousarray(table)
-    _gather.gather_rows(table, flat, out.reshape(-1, dim), threads)
+    out = prepare_out(out, ids.shape + (dim,), out_dtype)
+    out2d = out.reshape(flat.shape[0], dim)
+    if reader is not None:
+        reader.read(flat, out2d, threads)
+    else:
+        if not table.flags.c_contiguous:
+            table = np.ascontiguousarray(table)
+        _gather.gather_rows(table, flat, out2d, threads)
+    if max_norm is not None:
+        _rowscale.clip_rows(out2d, max_norm, norm_type, threads)
     return out
 
 
@@ -53,11 +69,17 @@ def _group(flat_ids, num_rows, threads, shape):
     return _index.group_rows(flat_ids, max_id, threads)
 
 
-def sparse_grad(ids, grad_out, num_rows=None, n_threads=None):
+def sparse_grad(ids, grad_out, num_rows=None, n_threads=None, padding_idx=None, scale_grad_by_freq=False,
+                max_norm=None, norm_type=2.0, table=None):
     """Gradient of ``gather`` w.r.t. the table, as the looked-up rows only.
 
     ids: integer array of any shape. grad_out: float32/float64, shape ``ids.shape + (D,)``.
     num_rows: the table's row count V; when given, ids must be below it. Memory is O(N * D), never O(V).
+    padding_idx: positions holding this id contribute nothing and its row is left out (negative counts from
+    the end of the table, which needs num_rows or table).
+    scale_grad_by_freq: each row's sum is divided by the number of times its id occurs in ids.
+    max_norm / norm_type / table: the gradient of ``gather(table, ids, max_norm=..., norm_type=...)``, the
+    exact derivative of the clipped rows (table: the (V, D) table they were read from, grad_out's dtype).
     Returns a ``SparseGrad`` with ``rows`` (U,) int64 sorted unique and ``values`` (U, D) of grad_out's
     dtype. Duplicates are summed in increasing position order: bit-for-bit the same for any thread count.
     """
@@ -69,13 +91,33 @@ def sparse_grad(ids, grad_out, num_rows=None, n_threads=None):
     if num_rows is not None:
         num_rows = check_positive_int(num_rows, "num_rows")
     dim = grad.shape[-1]
+    if table is not None:
+        table, num_rows = _clip_table(table, grad, num_rows)
+    if max_norm is not None:
+        if table is None:
+            raise ValueError("max_norm needs the table the rows were read from: pass table=")
+        max_norm, norm_type = check_max_norm(max_norm), check_norm_type(norm_type)
+    padding_idx = check_padding_idx(padding_idx, num_rows)
     flat = ids.reshape(-1)
     threads = resolve_threads(n_threads, flat.shape[0] * max(dim, 1) * grad.itemsize)
     rows, order, seg_ptr = _group(flat, num_rows, threads, ids.shape)
     grad2d = np.ascontiguousarray(grad).reshape(-1, dim)
-    values = np.empty((rows.shape[0], dim), dtype=grad.dtype)
-    _scatter.segment_sum_rows(grad2d, order, seg_ptr, values, threads)
+    rows, values = reduce_segments(grad2d, rows, order, seg_ptr, padding_idx, bool(scale_grad_by_freq), threads)
+    if max_norm is not None:
+        _rowscale.clip_rows_backward(table, rows, values, max_norm, norm_type, threads)
     return SparseGrad(rows, values, num_rows)
+
+
+def _clip_table(table, grad, num_rows):
+    """Check the ``table`` argument of ``sparse_grad``: C-contiguous, grad's dtype and width, num_rows rows."""
+    table = as_table(table)
+    if table.dtype != grad.dtype:
+        raise TypeError(f"table has dtype {table.dtype} but grad_out has dtype {grad.dtype}: they must match")
+    if table.shape[1] != grad.shape[-1]:
+        raise ValueError(f"table has {table.shape[1]} columns but grad_out rows have {grad.shape[-1]}")
+    if num_rows is not None and num_rows != table.shape[0]:
+        raise ValueError(f"num_rows={num_rows} but the table has {table.shape[0]} rows")
+    return np.ascontiguousarray(table), table.shape[0]
 
 
 def scatter_add(dense_grad, ids, grad_out, n_threads=None):
