@@ -4,7 +4,7 @@ An op module in ``fastembed/bench/ops/`` calls ``register(Op(...))`` at import; 
 imported by ``all_ops()``, so a new family is a new file and nothing else changes. An ``Op`` names:
 
 - ``fastembed``: the ``Impl`` being measured, and ``peers``: the ``Impl`` s it is compared with;
-- ``workloads``: the workload names it applies to (``None``: all);
+- ``workloads``: the workload names it applies to (``None``: all); ``order``: its place in tables;
 - ``check(expected, got, workload)``: ``None`` when a peer's result matches fastembed's, else a message.
 
 An ``Impl`` has a ``build(workload, n_threads) -> Case`` that does the untimed set-up (conversions,
@@ -15,7 +15,7 @@ The first call of a case runs on fresh state and is the one checked.
 """
 import importlib
 import pkgutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -87,7 +87,7 @@ class Op:
     peers: tuple
     check: Callable[..., Optional[str]]
     workloads: Optional[tuple] = None
-    notes: tuple = field(default_factory=tuple)
+    order: int = 100  # where it comes in tables and runs (then by name)
 
     def applies_to(self, workload_name):
         return self.workloads is None or workload_name in self.workloads
@@ -118,7 +118,7 @@ def register(op):
 
 
 def all_ops():
-    """Every registered op, by name, in registration order (importing every module of the ops package)."""
+    """Every registered op, by name, in their ``order`` (importing every module of the ops package first)."""
     global _discovered
     if not _discovered:
         from fastembed.bench import ops as package
@@ -128,7 +128,7 @@ def all_ops():
                 continue
             importlib.import_module(f"{package.__name__}.{module.name}")
         _discovered = True
-    return dict(_OPS)
+    return {op.name: op for op in sorted(_OPS.values(), key=lambda op: (op.order, op.name))}
 
 
 def get_op(name):

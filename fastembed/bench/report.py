@@ -52,6 +52,8 @@ def markdown(results):
     capped_seen = False
     for op, title in _op_titles(results).items():
         cells = [c for c in results["results"] if c["op"] == op]
+        workload_order = {wl: i for i, wl in enumerate(dict.fromkeys(c["workload"] for c in cells))}
+        cells.sort(key=lambda c: (workload_order[c["workload"]], c["threads"]))
         notes = {i["name"]: i.get("note", "") for c in cells for i in c["impls"][1:]}
         names, labels = [], {}
         for cell in cells:
@@ -94,13 +96,18 @@ def markdown(results):
                  "fastembed: median ±half its interquartile range. `–` skipped, `wrong`: failed the check "
                  "against fastembed's result and was not timed.")
     if capped_seen:
-        lines.append("† time-capped: a slow peer timed in fewer rounds (at least 3 samples) than the others; "
-                     "the JSON gives each one's sample count.")
+        lines.append(f"† time-capped: a slow peer timed in fewer rounds (at least {config['min_samples']} samples) "
+                     "than the others; the JSON gives each one's sample count.")
     lines.append(f"GB/s: {config['bytes_formula']}; % of copy: fastembed's GB/s over the copy reference at the "
                  f"same thread count ({next(iter(copy.values()))['method']}).")
-    lines.append("Threads: fastembed `n_threads=`; torch and FBGEMM `torch.set_num_threads`; numpy's take and "
-                 "add.at are single-threaded; jax runs in a worker process per thread count started with XLA_FLAGS "
-                 "(pinned to n cores when n < all), and so does every other library in that worker.")
+    threads = ("Threads: fastembed `n_threads=`; torch and FBGEMM `torch.set_num_threads`; numpy's take and "
+               "add.at are single-threaded. ")
+    if config.get("isolate"):
+        threads += ("Each thread count ran in a worker process of its own, started with jax's XLA_FLAGS for that "
+                    "count and pinned to that many cores when below all of them.")
+    else:
+        threads += "Every thread count ran in this one process (--in-process): jax was skipped."
+    lines.append(threads)
     if results["notes"]:
         lines.append("")
         lines.append("Notes:")

@@ -129,22 +129,19 @@ def run_cell(op, wl, n_threads, config, notes):
     del expected
     samples, plans = timing.measure(cases, rounds=config.rounds, target_batch_s=config.target_batch_s,
                                     budget_s=budgets, min_samples=config.min_samples, warmup=config.warmup)
-    fe_median = None
     for record in impls:
         if record["status"] != "ok":
             continue
         stats = timing.summarize(samples[record["name"]])
         plan = plans[record["name"]]
         record.update(stats, capped=plan.capped, gbps=wl.bytes / (stats["median_ms"] * 1e-3) / 1e9)
-        if record["capped"]:
+        if plan.capped:
             record["message"] = (f"time-capped: {stats['n_samples']} samples in "
                                  f"{len(plan.rounds)} of {config.rounds} rounds")
-        if record["library"] == "fastembed":
-            fe_median = stats["median_ms"]
-    for record in impls:
-        if record["status"] == "ok" and record["library"] != "fastembed":
-            record["speedup"] = record["median_ms"] / fe_median  # > 1: fastembed is faster
-    timed_peers = [r for r in impls if r["status"] == "ok" and r["library"] != "fastembed"]
+    fe_median = impls[0]["median_ms"]
+    timed_peers = [record for record in impls[1:] if record["status"] == "ok"]
+    for record in timed_peers:
+        record["speedup"] = record["median_ms"] / fe_median  # > 1: fastembed is faster
     fastest = min(timed_peers, key=lambda r: r["median_ms"]) if timed_peers else None
     return {
         "op": op.name,

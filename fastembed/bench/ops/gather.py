@@ -83,4 +83,5 @@ register(Op(
              note="sum-pooled bags of one id, allocates its output"),
     ),
     check=_check,
+    order=0,
 ))

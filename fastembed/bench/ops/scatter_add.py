@@ -35,4 +35,5 @@ register(Op(
         Impl("torch index_add_", "torch", _index_add, short="index_add_", note="into an existing buffer"),
     ),
     check=_check,
+    order=2,
 ))

@@ -81,4 +81,5 @@ register(Op(
              note="backward fused with an exact-SGD update of the touched rows (does more work: the update)"),
     ),
     check=_check,
+    order=1,
 ))
