@@ -33,6 +33,31 @@ def _op_titles(results):
     return titles
 
 
+def summary(results):
+    """A compact table: per (workload, threads), fastembed's median ms and its speedup over the fastest peer."""
+    titles = _op_titles(results)
+    cells = {(c["op"], c["workload"], c["threads"]): c for c in results["results"]}
+    rows = list(dict.fromkeys((c["workload"], c["threads"]) for c in results["results"]))
+    order = {wl: i for i, wl in enumerate(dict.fromkeys(wl for wl, _ in rows))}
+    rows.sort(key=lambda r: (order[r[0]], r[1]))
+    lines = ["### Summary: fastembed's median ms (its speedup over the fastest peer)", "",
+             "| workload | threads | " + " | ".join(f"{titles[op]}" for op in titles) + " |",
+             "|---|---|" + "---:|" * len(titles)]
+    for wl, n in rows:
+        row = [wl, str(n)]
+        for op in titles:
+            cell = cells.get((op, wl, n))
+            if cell is None:
+                row.append("")
+            elif cell["fastest_peer"] is None:
+                row.append(_ms(cell["fastembed_ms"]))
+            else:
+                short = next(i["short"] for i in cell["impls"] if i["name"] == cell["fastest_peer"])
+                row.append(f"{_ms(cell['fastembed_ms'])} ({_x(cell['speedup_vs_fastest_peer'])} {short})")
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
 def markdown(results):
     """The results as markdown: one table per op, one row per (workload, threads), then the legend and notes."""
     lines = []
@@ -46,6 +71,8 @@ def markdown(results):
     if config.get("quick"):
         lines.append(f"Quick run: {config['rounds']} rounds; V and N of rand, zipf, glove, smalldim scaled by "
                      f"{config['scale']:g}; slow peers' time budgets scaled by {config['budget_scale']:g}.")
+    lines.append("")
+    lines.extend(summary(results))
     lines.append("")
     lines.append(f"fastembed: {', '.join(sorted({c['impls'][0]['note'] for c in results['results']}))}.")
     lines.append("")
