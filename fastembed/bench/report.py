@@ -68,6 +68,11 @@ def markdown(results):
     lines.append(f"Machine: {machine['cpu']}, {machine['cores']} cores; {versions}.")
     lines.append("Copy bandwidth reference: " + ", ".join(
         f"{t} thread{'s' if t != '1' else ''}: {c['gbps']:.1f} GB/s" for t, c in copy.items()) + ".")
+    load = results.get("load_average") or {}
+    if load.get("start") is not None:
+        busy = " (other processes were competing for the cores: expect distorted figures, worst at all cores)" if (
+            max(load["start"], load["end"] or 0) > 0.5 * machine["cores"]) else ""
+        lines.append(f"Load average (1 min) at start and end: {load['start']:g} and {load['end']:g}{busy}.")
     if config.get("quick"):
         lines.append(f"Quick run: {config['rounds']} rounds; V and N of rand, zipf, glove, smalldim scaled by "
                      f"{config['scale']:g}; slow peers' time budgets scaled by {config['budget_scale']:g}.")

@@ -239,6 +239,7 @@ def run(ops=None, workloads=None, threads=None, rounds=None, quick=False, librar
     _custom_ops.update({op.name: op for op in op_objects})
     try:
         config = Config.make(ops, workloads, threads, rounds, quick, libraries, **extra)
+        load_start = _load_average()
         notes = set()
         total = len(config.threads) * sum(
             1 for wl in config.workloads for name in config.ops if _resolve_op(name).applies_to(wl))
@@ -265,6 +266,7 @@ def run(ops=None, workloads=None, threads=None, rounds=None, quick=False, librar
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "elapsed_s": round(time.time() - started, 1),
         "machine": machine_info(),
+        "load_average": {"start": load_start, "end": _load_average()},
         "config": dict(asdict(config), isolate=isolate, bytes_formula=BYTES_FORMULA),
         "copy_bandwidth": {str(r["threads"]): r["copy"] for r in per_thread},
         "affinity": {str(r["threads"]): r["affinity"] for r in per_thread},
@@ -272,6 +274,14 @@ def run(ops=None, workloads=None, threads=None, rounds=None, quick=False, librar
         "results": [cell for record in per_thread for cell in record["cells"]],
         "notes": sorted(notes),
     }
+
+
+def _load_average():
+    """The 1-minute load average (other processes competing for the cores), or None where unknown."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 class _NoBar:
