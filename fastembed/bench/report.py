@@ -19,7 +19,9 @@ def _ms(value):
 
 
 def _x(value):
-    return f"{value:.1f}×" if value >= 10 else f"{value:.2f}×"
+    if value >= 10:
+        return f"{value:.1f}×"
+    return f"{value:.2f}×" if value >= 0.1 else f"{value:.2g}×"
 
 
 def _op_titles(results):
@@ -155,6 +157,9 @@ def write_json(results, path):
         handle.write("\n")
 
 
+# Speedups beyond these are drawn cut at the axis edge (their labels give the value).
+CLIP_LO, CLIP_HI = 0.05, 50.0
+
 # A fixed colour per peer (by short label), so the same peer has the same colour in every panel.
 _PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
             "#bcbd22", "#7f7f7f"]
@@ -180,10 +185,12 @@ def plot(results, path):
     cells = [dict(c, impls=[i for i in c["impls"] if i["status"] != "excluded"]) for c in cells]
     colours = {label: _PALETTE[i % len(_PALETTE)] for i, label in enumerate(peer_labels)}
     values = [i["speedup"] for c in cells for i in c["impls"][1:] if i["status"] == "ok"] + [1.0]
-    # Room for the labels beside the bars: about a quarter of the axis on each side that has bars.
-    left, right = (0.25 if min(values) < 1 else 0.03), 0.25
-    span = max(math.log10(max(values) / min(values)), 0.3) / (1 - left - right)
-    lo, hi = min(values) / 10 ** (left * span), max(values) * 10 ** (right * span)
+    # The axis covers the values within [CLIP_LO, CLIP_HI] (an outlier must not squash the rest: bars beyond are
+    # cut at the edge, marked, and labelled with their value), plus room for the labels beside the bars.
+    core_lo, core_hi = max(min(values), CLIP_LO), min(max(values), CLIP_HI)
+    left, right = (0.25 if core_lo < 1 else 0.03), 0.25
+    span = max(math.log10(core_hi / core_lo), 0.3) / (1 - left - right)
+    lo, hi = core_lo / 10 ** (left * span), core_hi * 10 ** (right * span)
 
     def layout(op):
         """[(workload, [impl, ...])] for one op, over the union of what ran at any thread count."""
@@ -197,7 +204,7 @@ def plot(results, path):
     layouts = {op: layout(op) for op in ops}
     heights = [sum(max(1, len(shorts)) + 0.7 for _, shorts in layouts[op]) * 0.26 + 0.9 for op in ops]
     fig, axes = plt.subplots(len(ops), len(threads), figsize=(7.0 * len(threads), sum(heights) + 1.0),
-                             squeeze=False, gridspec_kw={"height_ratios": heights})
+                             squeeze=False, gridspec_kw={"height_ratios": heights}, constrained_layout=True)
     for row, op in enumerate(ops):
         for col, n in enumerate(threads):
             ax = axes[row][col]
@@ -211,10 +218,12 @@ def plot(results, path):
                     impl = impls.get(short)
                     if impl is not None and impl["status"] == "ok":
                         value = impl["speedup"]
-                        ax.barh(y, value - 1.0, left=1.0, height=0.78, color=colours[short])
-                        text = f"{short} {_x(value)}"
+                        shown = min(max(value, core_lo), core_hi)
+                        ax.barh(y, shown - 1.0, left=1.0, height=0.78, color=colours[short])
                         slower = value < 1.0
-                        ax.text(value * (0.93 if slower else 1.07), y, text, va="center",
+                        clipped = "◀ " if value < core_lo else " ▶" if value > core_hi else ""
+                        text = f"{clipped}{short} {_x(value)}" if slower else f"{short} {_x(value)}{clipped}"
+                        ax.text(shown * (0.93 if slower else 1.07), y, text, va="center",
                                 ha="right" if slower else "left", fontsize=7.5,
                                 color="#b00000" if slower else "black", fontweight="bold" if slower else "normal")
                     elif short is not None:
@@ -244,7 +253,6 @@ def plot(results, path):
     machine = results["machine"]
     fig.suptitle(f"fastembed vs peers: median time of peer / median time of fastembed\n"
                  f"{machine['cpu']}, {machine['cores']} cores", fontsize=11)
-    fig.tight_layout()
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fig.savefig(path, dpi=110)
