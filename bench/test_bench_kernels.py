@@ -30,9 +30,9 @@ def pytest_generate_tests(metafunc):
             if not op.applies_to(wl):
                 continue
             for impl in op.impls():
-                if impl.library not in LIBRARIES:
+                if impl.package not in LIBRARIES:
                     continue
-                skip = pytest.mark.skipif(not peers.installed(impl.library), reason=f"{impl.library} is not installed")
+                skip = pytest.mark.skipif(not peers.installed(impl.package), reason=f"{impl.package} is not installed")
                 for n in THREADS:
                     label = impl.label.replace(" ", "_")
                     params.append(pytest.param((op.name, wl, impl.name, n), id=f"{op.name}-{wl}-{label}-{n}t",
@@ -57,7 +57,7 @@ def test_kernel(benchmark, bench_case, request):
     op = registry.get_op(op_name)
     impl = op.impl(impl_name)
     try:
-        peers.require(impl.library, n_threads)
+        peers.require(impl.package, n_threads)
     except peers.Unavailable as why:
         pytest.skip(str(why))
     wl = _workload(wl_name, scale)
@@ -69,8 +69,8 @@ def test_kernel(benchmark, bench_case, request):
     except registry.Skip as why:
         pytest.skip(str(why))
     benchmark.group = f"{op_name} {wl_name}"
-    benchmark.extra_info.update(library=impl.library, threads=n_threads, bytes=wl.bytes,
-                                threads_set_by=peers.threads_note(impl.library, n_threads))
+    benchmark.extra_info.update(package=impl.package, threads=n_threads, bytes=wl.bytes,
+                                threads_set_by=peers.threads_note(impl.package, n_threads))
     if case.prepare is None:
         benchmark(case.call)
     else:

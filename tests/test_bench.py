@@ -30,21 +30,21 @@ def test_results_structure():
         (op, wl, t) for op in OPS for wl in ("tiny", "imdb") for t in (1, 2))
     for cell in cells:
         fe = cell["impls"][0]
-        assert fe["library"] == "fastembed" and fe["status"] == "ok"
+        assert fe["package"] == "fastembed" and fe["status"] == "ok"
         assert 0 < fe["min_ms"] <= fe["q1_ms"] <= fe["median_ms"] <= fe["q3_ms"] <= fe["max_ms"]
         assert cell["fastembed_ms"] == fe["median_ms"]
         assert cell["fastembed_gbps"] == pytest.approx(cell["bytes"] / (fe["median_ms"] * 1e-3) / 1e9)
         copy = results["copy_bandwidth"][str(cell["threads"])]
         assert cell["copy_fraction"] == pytest.approx(cell["fastembed_gbps"] / copy["gbps"])
         timed = [i for i in cell["impls"][1:] if i["status"] == "ok"]
-        assert timed and {i["library"] for i in timed} == {"numpy"}
+        assert timed and {i["package"] for i in timed} == {"numpy"}
         for impl in timed:
             assert impl["speedup"] == pytest.approx(impl["median_ms"] / fe["median_ms"])
             assert impl["n_samples"] >= 2
         fastest = min(timed, key=lambda i: i["median_ms"])
         assert cell["fastest_peer"] == fastest["name"]
         assert cell["speedup_vs_fastest_peer"] == fastest["speedup"]
-        others = [i for i in cell["impls"][1:] if i["library"] != "numpy"]
+        others = [i for i in cell["impls"][1:] if i["package"] != "numpy"]
         assert all(i["status"] == "excluded" for i in others)
     text = report.markdown(results)
     for op in OPS:

@@ -68,7 +68,7 @@ class Case:
 @dataclass(frozen=True)
 class Impl:
     name: str  # the label in tables ("np.take(out=, mode='clip')")
-    library: str  # "fastembed", "numpy", "torch", "jax" or "fbgemm_gpu"
+    package: str  # "fastembed", "numpy", "torch", "jax" or "fbgemm_gpu"
     build: Callable[..., Case]  # (workload, n_threads) -> Case
     short: str = ""  # a short label for charts
     budget_s: Optional[float] = None  # timing budget per cell for slow peers (fewer samples, said in the output)

@@ -78,8 +78,8 @@ def _resolve_op(name):
 
 
 def _impl_record(impl, n_threads):
-    return {"name": impl.name, "short": impl.label, "library": impl.library, "note": impl.note,
-            "threads": peers.threads_note(impl.library, n_threads) if impl.library in peers.LIBRARIES else ""}
+    return {"name": impl.name, "short": impl.label, "package": impl.package, "note": impl.note,
+            "threads": peers.threads_note(impl.package, n_threads) if impl.package in peers.LIBRARIES else ""}
 
 
 def run_cell(op, wl, n_threads, config, notes):
@@ -96,11 +96,11 @@ def run_cell(op, wl, n_threads, config, notes):
     for impl in op.peers:
         record = _impl_record(impl, n_threads)
         impls.append(record)
-        if config.libraries is not None and impl.library not in config.libraries:
-            record.update(status="excluded", message=f"{impl.library} not selected (--peers)")
+        if config.libraries is not None and impl.package not in config.libraries:
+            record.update(status="excluded", message=f"{impl.package} not selected (--peers)")
             continue
         try:
-            peers.require(impl.library, n_threads)
+            peers.require(impl.package, n_threads)
         except peers.Unavailable as why:
             record.update(status="skipped", message=str(why))
             notes.add(str(why))
