@@ -34,8 +34,9 @@ def gather(table, ids, out=None, n_threads=None, max_norm=None, norm_type=2.0):
     Returns an array of shape ``ids.shape + (D,)``, the table's dtype (float32 for low precision). Raises
     ``IndexError`` naming the first id outside ``[0, V)`` before anything is written.
     """
-    if out is None and n_threads is None and max_norm is None:
-        small = _gather.gather_small(table, ids)
+    # Work under 64 KiB runs on one thread whatever n_threads says, so any valid count may take the fast path.
+    if max_norm is None and (n_threads is None or (type(n_threads) is int and n_threads > 0)):
+        small = _gather.gather_small(table, ids, out)
         if small is not None:
             return small
     if max_norm is not None:
@@ -69,6 +70,24 @@ def _group(flat_ids, num_rows, threads, shape):
     return _index.group_rows(flat_ids, max_id, threads)
 
 
+# A dense (V, D) scratch table this small stays in cache, where summing into it beats sorting the ids.
+_DENSE_SCRATCH_MAX_BYTES = 4 << 20
+
+
+def _dense_sums_are_cheaper(num_rows, dim, n_ids, itemsize):
+    """Small tables hit by at least as many ids as they have rows: the scratch is O(N * D) memory too."""
+    return num_rows is not None and num_rows <= n_ids and num_rows * dim * itemsize <= _DENSE_SCRATCH_MAX_BYTES
+
+
+def _dense_row_sums(flat_ids, grad2d, num_rows, threads):
+    """``(rows, values)`` summed in a zeroed (V, D) scratch; same position order, same bits as grouping."""
+    scratch = np.zeros((num_rows, grad2d.shape[1]), dtype=grad2d.dtype)
+    touched = np.zeros(num_rows, dtype=np.uint8)
+    _scatter.scatter_add_rows(scratch, flat_ids, grad2d, threads, touched)
+    rows = np.flatnonzero(touched)
+    return rows, scratch[rows]
+
+
 def sparse_grad(ids, grad_out, num_rows=None, n_threads=None, padding_idx=None, scale_grad_by_freq=False,
                 max_norm=None, norm_type=2.0, table=None):
     """Gradient of ``gather`` w.r.t. the table, as the looked-up rows only.
@@ -100,9 +119,15 @@ def sparse_grad(ids, grad_out, num_rows=None, n_threads=None, padding_idx=None, 
     padding_idx = check_padding_idx(padding_idx, num_rows)
     flat = ids.reshape(-1)
     threads = resolve_threads(n_threads, flat.shape[0] * max(dim, 1) * grad.itemsize)
-    rows, order, seg_ptr = _group(flat, num_rows, threads, ids.shape)
     grad2d = np.ascontiguousarray(grad).reshape(-1, dim)
-    rows, values = reduce_segments(grad2d, rows, order, seg_ptr, padding_idx, bool(scale_grad_by_freq), threads)
+    if (padding_idx is None and not scale_grad_by_freq
+            and _dense_sums_are_cheaper(num_rows, dim, flat.shape[0], grad.itemsize)):
+        check_rows(flat, num_rows, threads, ids.shape)
+        rows, values = _dense_row_sums(flat, grad2d, num_rows, threads)
+    else:
+        rows, order, seg_ptr = _group(flat, num_rows, threads, ids.shape)
+        rows, values = reduce_segments(grad2d, rows, order, seg_ptr, padding_idx, bool(scale_grad_by_freq),
+                                       threads)
     if max_norm is not None:
         _rowscale.clip_rows_backward(table, rows, values, max_norm, norm_type, threads)
     return SparseGrad(rows, values, num_rows)
