@@ -2,17 +2,32 @@
 
 The forward pass of an embedding is a row gather (``gather``); its backward pass is a sparse scatter-add
 of output gradients into the rows that were looked up (``sparse_grad``, ``scatter_add``). ``Embedding`` is
-a Keras-style layer over both; ``gradcheck`` verifies a layer's gradient numerically.
+a Keras-style layer over both; ``gradcheck`` verifies a layer's gradient numerically. ``renorm_`` bounds
+looked-up rows' norms in place, as PyTorch's ``max_norm``; ``lowp`` holds float16, bfloat16 and int8 tables.
 """
 import os as _os
 import warnings as _warnings
 
-from fastembed._build_info import openmp_enabled
+# OpenMP reads its wait policy once, when the runtime loads (with the first kernel module below). Threads
+# that spin while waiting make a team collapse on a shared or oversubscribed machine (a 4 MB gather ran
+# 20x slower on two threads than on one under load; sleeping waiters fixed it), so fastembed asks for
+# sleeping waiters unless the user chose a policy. The variable is removed again at once so that OpenMP
+# runtimes loaded later (e.g. torch's own copy) see the user's environment unchanged.
+_choose_wait_policy = not any(name in _os.environ for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"))
+if _choose_wait_policy:
+    _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+try:
+    from fastembed._build_info import openmp_enabled
+finally:
+    if _choose_wait_policy:
+        del _os.environ["OMP_WAIT_POLICY"]
 from fastembed._threads import get_num_threads, set_num_threads
 from fastembed.bags import EmbeddingBag, embedding_bag, embedding_bag_backward
 from fastembed.gradcheck import GradcheckReport, gradcheck
 from fastembed.layers import Embedding
+from fastembed import lowp
 from fastembed.ops import gather, scatter_add, sparse_grad
+from fastembed.renorm import renorm_
 from fastembed.sparse import SparseGrad
 from fastembed import optim
 
@@ -28,8 +43,10 @@ __all__ = [
     "gather",
     "get_num_threads",
     "gradcheck",
+    "lowp",
     "openmp_enabled",
     "optim",
+    "renorm_",
     "scatter_add",
     "set_num_threads",
     "sparse_grad",

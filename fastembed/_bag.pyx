@@ -13,7 +13,7 @@ from cython.parallel cimport prange
 
 import numpy as np
 
-from fastembed._memory cimport fe_prefetch_row
+from fastembed._memory cimport prefetch_row_keep, worth_prefetching
 from fastembed._segment cimport Segments, make_segments, reduce_segment
 from fastembed._types cimport index_t, real_t
 
@@ -44,7 +44,7 @@ cdef inline void _prefetch_ahead(const real_t *table, const index_t *ids, int64_
     into the next bags near the end of one)."""
     cdef int64_t ahead = k + PREFETCH_DISTANCE
     if ahead < n_ids:
-        fe_prefetch_row(<const char *>table + ids[ahead] * row_bytes, row_bytes)
+        prefetch_row_keep(<const char *>table + ids[ahead] * row_bytes, row_bytes)
 
 
 cdef inline real_t _sum_block(const real_t *table, const index_t *ids, Py_ssize_t n_ids, int64_t start,
@@ -54,7 +54,8 @@ cdef inline real_t _sum_block(const real_t *table, const index_t *ids, Py_ssize_
 
     The block has a fixed width so that its accumulators live in registers (4 AVX-512, 8 AVX or 16 SSE
     registers): a 64-float row is summed in one pass, with one load and one add per vector. The first block's
-    pass prefetches rows ahead and returns the bag's denominator (sum of w, or of w^2).
+    pass (``first``) prefetches rows ahead, when the table is worth it, and returns the bag's denominator
+    (sum of w, or of w^2).
     """
     cdef real_t acc[64]
     cdef Py_ssize_t j, row_bytes = dim * sizeof(real_t)
@@ -94,7 +95,7 @@ cdef inline real_t _sum_block(const real_t *table, const index_t *ids, Py_ssize_
 
 
 cdef void _max_bag(const real_t *table, const index_t *ids, Py_ssize_t n_ids, int64_t start, int64_t end,
-                   int64_t padding, Py_ssize_t dim, real_t *dst, int64_t *argpos) noexcept nogil:
+                   int64_t padding, Py_ssize_t dim, bint prefetch, real_t *dst, int64_t *argpos) noexcept nogil:
     cdef int64_t k, row
     cdef Py_ssize_t j, row_bytes = dim * sizeof(real_t)
     cdef const real_t *src
@@ -104,7 +105,8 @@ cdef void _max_bag(const real_t *table, const index_t *ids, Py_ssize_t n_ids, in
         for j in range(dim):
             argpos[j] = -1
     for k in range(start, end):
-        _prefetch_ahead(table, ids, k, n_ids, row_bytes)
+        if prefetch:
+            _prefetch_ahead(table, ids, k, n_ids, row_bytes)
         row = ids[k]
         if row == padding:
             continue
@@ -127,7 +129,7 @@ cdef void _max_bag(const real_t *table, const index_t *ids, Py_ssize_t n_ids, in
 
 
 cdef void _pool_bag(const real_t *table, const index_t *ids, Py_ssize_t n_ids, int64_t start, int64_t end,
-                    const real_t *weights, int mode, int64_t padding, Py_ssize_t dim,
+                    const real_t *weights, int mode, int64_t padding, Py_ssize_t dim, bint prefetch,
                     real_t *dst, int64_t *argpos) noexcept nogil:
     # Columns are summed one 256-byte block at a time over the whole bag: the bag's rows stay in L1 between
     # blocks, and the first pass prefetches the rows ahead. A last partial block is summed in place.
@@ -137,18 +139,18 @@ cdef void _pool_bag(const real_t *table, const index_t *ids, Py_ssize_t n_ids, i
     cdef real_t w = 1, denom = 0
     cdef const real_t *src
     if mode == MODE_MAX:
-        _max_bag(table, ids, n_ids, start, end, padding, dim, dst, argpos)
+        _max_bag(table, ids, n_ids, start, end, padding, dim, prefetch, dst, argpos)
         return
     while j0 + block <= dim:
         if j0 == 0:
-            denom = _sum_block(table, ids, n_ids, start, end, weights, mode, padding, dim, j0, True, dst + j0)
+            denom = _sum_block(table, ids, n_ids, start, end, weights, mode, padding, dim, j0, prefetch, dst + j0)
         else:
             _sum_block(table, ids, n_ids, start, end, weights, mode, padding, dim, j0, False, dst + j0)
         j0 += block
     if tail:
         memset(dst + j0, 0, tail * sizeof(real_t))
         for k in range(start, end):
-            if j0 == 0:
+            if j0 == 0 and prefetch:
                 _prefetch_ahead(table, ids, k, n_ids, row_bytes)
             row = ids[k]
             if row == padding:
@@ -184,6 +186,8 @@ def bag_forward(const real_t[:, ::1] table, const index_t[::1] ids, const int64_
     """
     cdef Py_ssize_t n_bags = out.shape[0], dim = table.shape[1], n_ids = ids.shape[0]
     cdef Py_ssize_t b
+    # A table that fits in the caches gains nothing from prefetching, which then only costs instructions.
+    cdef bint prefetch = worth_prefetching(table.shape[0] * dim * sizeof(real_t))
     cdef const real_t *w = &weights[0] if weights.shape[0] else NULL
     cdef int64_t *pos = &argpos[0, 0] if argpos.shape[0] and dim else NULL
     if n_bags == 0 or dim == 0:
@@ -196,12 +200,12 @@ def bag_forward(const real_t[:, ::1] table, const index_t[::1] ids, const int64_
     if n_threads <= 1 or n_ids * dim * sizeof(real_t) < PARALLEL_MIN_BYTES:
         with nogil:
             for b in range(n_bags):
-                _pool_bag(&table[0, 0], &ids[0], n_ids, offsets[b], offsets[b + 1], w, mode, padding, dim,
+                _pool_bag(&table[0, 0], &ids[0], n_ids, offsets[b], offsets[b + 1], w, mode, padding, dim, prefetch,
                           &out[b, 0], pos + b * dim if pos != NULL else NULL)
         return
     with nogil:
         for b in prange(n_bags, schedule='guided', num_threads=n_threads):
-            _pool_bag(&table[0, 0], &ids[0], n_ids, offsets[b], offsets[b + 1], w, mode, padding, dim,
+            _pool_bag(&table[0, 0], &ids[0], n_ids, offsets[b], offsets[b + 1], w, mode, padding, dim, prefetch,
                       &out[b, 0], pos + b * dim if pos != NULL else NULL)
 
 

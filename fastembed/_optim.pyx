@@ -10,7 +10,7 @@ from libc.math cimport sqrt
 from libc.stdint cimport int64_t
 from cython.parallel cimport prange
 
-from fastembed._memory cimport fe_prefetch_row_write
+from fastembed._memory cimport prefetch_row_keep_write
 from fastembed._openmp cimport omp_get_thread_num
 from fastembed._segment cimport Segments, make_segments, reduce_segment
 from fastembed._types cimport real_t
@@ -103,11 +103,11 @@ cdef void _update_range(const Hyper *h, const Segments *seg, const real_t *grad,
         block_end = min(block_start + UPDATE_BLOCK, s_end)
         for s in range(block_start, block_end):
             r = rows[s]
-            fe_prefetch_row_write(table + r * dim, dim * sizeof(real_t))
+            prefetch_row_keep_write(table + r * dim, dim * sizeof(real_t))
             if s1 != NULL:
-                fe_prefetch_row_write(s1 + r * state_width, state_width * sizeof(real_t))
+                prefetch_row_keep_write(s1 + r * state_width, state_width * sizeof(real_t))
             if s2 != NULL:
-                fe_prefetch_row_write(s2 + r * state_width, state_width * sizeof(real_t))
+                prefetch_row_keep_write(s2 + r * state_width, state_width * sizeof(real_t))
             if s != skip:
                 reduce_segment(seg, grad, coef, s, buf + (s - block_start) * dim)
         for s in range(block_start, block_end):

@@ -24,6 +24,27 @@ def sparse_grad(ids, grad_out):
     return rows, values
 
 
+def masked_sum(x, mask):
+    """``(B, D)``: for each sequence b, the sum of ``x[b, t]`` over its unmasked t, one sequence at a time."""
+    x, mask = np.asarray(x), np.asarray(mask, dtype=bool)
+    out = np.zeros((x.shape[0], x.shape[2]), x.dtype)
+    for b in range(x.shape[0]):
+        for t in range(x.shape[1]):
+            if mask[b, t]:
+                out[b] += x[b, t]
+    return out
+
+
+def masked_mean(x, mask):
+    """``masked_sum`` divided by each sequence's count of unmasked steps; zeros for a fully masked one."""
+    out = masked_sum(x, mask)
+    for b in range(out.shape[0]):
+        count = int(np.count_nonzero(mask[b]))
+        if count:
+            out[b] /= count
+    return out
+
+
 def bag_bounds(ids, offsets=None, include_last_offset=False):
     """``(flat_ids, bounds)``: bag b holds ``flat_ids[bounds[b]:bounds[b + 1]]`` (2-D ids: one bag per row)."""
     ids = np.asarray(ids)

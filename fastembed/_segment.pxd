@@ -7,7 +7,7 @@
 from libc.stdint cimport int64_t
 from libc.string cimport memset
 
-from fastembed._memory cimport fe_prefetch_row
+from fastembed._memory cimport prefetch_row_keep
 from fastembed._types cimport real_t
 
 cdef enum:
@@ -23,7 +23,7 @@ cdef struct Segments:
     const int64_t *argpos    # (R, D) the position that won each (bag, column) of a max; NULL: all count
     Py_ssize_t n_ids
     Py_ssize_t dim
-    bint by_freq             # scale each term by 1 / (number of terms of its row)
+    bint by_freq             # divide each row's sum by its number of terms
 
 
 cdef inline Segments make_segments(const int64_t[::1] order, const int64_t[::1] seg_ptr, const int64_t[::1] src,
@@ -44,24 +44,23 @@ cdef inline void reduce_segment(const Segments *seg, const real_t *grad, const r
                                 real_t *dst) noexcept nogil:
     """``dst = sum_k c_k * grad[src[k]]`` over the terms k of segment ``s``, in increasing order.
 
-    ``c_k = coef[k]`` (1 when ``coef`` is NULL), divided by the segment's length when ``by_freq``; with
-    ``argpos`` a column only counts where the term's position is that bag's arg-max.
+    ``c_k = coef[k]`` (1 when ``coef`` is NULL); with ``argpos`` a column only counts where the term's
+    position is that bag's arg-max. With ``by_freq`` the sum is then divided by the segment's length (one
+    rounded division per entry, as ``sparse_grad`` does, so that both give the same bits).
     """
     cdef int64_t k, row, ahead, start = seg.seg_ptr[s], end = seg.seg_ptr[s + 1]
     cdef Py_ssize_t j, dim = seg.dim
-    cdef real_t c, freq = 1
+    cdef real_t c, count
     cdef const real_t *g
     cdef const int64_t *won
     cdef const int64_t *rows = seg.src if seg.src != NULL else seg.order
-    if seg.by_freq and end > start:
-        freq = (<real_t>1) / <real_t>(end - start)
     memset(dst, 0, dim * sizeof(real_t))
     for k in range(start, end):
         ahead = k + SEGMENT_PREFETCH
         if ahead < seg.n_ids:
-            fe_prefetch_row(grad + rows[ahead] * dim, dim * sizeof(real_t))
+            prefetch_row_keep(grad + rows[ahead] * dim, dim * sizeof(real_t))
         row = rows[k]
-        c = freq if coef == NULL else coef[k] * freq
+        c = 1 if coef == NULL else coef[k]
         g = grad + row * dim
         if seg.argpos == NULL:
             for j in range(dim):
@@ -71,3 +70,7 @@ cdef inline void reduce_segment(const Segments *seg, const real_t *grad, const r
             for j in range(dim):
                 if won[j] == seg.order[k]:
                     dst[j] += c * g[j]
+    if seg.by_freq and end > start:
+        count = <real_t>(end - start)
+        for j in range(dim):
+            dst[j] /= count

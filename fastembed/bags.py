@@ -7,6 +7,7 @@ A bag is a group of ids whose rows are pooled into one vector (PyTorch ``Embeddi
 import numpy as np
 
 from fastembed import _bag
+from fastembed._options import check_padding_idx
 from fastembed._plan import NO_ARGPOS, bag_plan
 from fastembed._threads import resolve_threads
 from fastembed._validation import FLOAT_DTYPES, as_float, as_ids, as_table, check_positive_int, check_rows
@@ -54,21 +55,6 @@ def check_mode(mode):
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}; got {mode!r}")
     return mode
-
-
-def check_padding_idx(padding_idx, num_rows):
-    """``padding_idx`` as an id in ``[0, num_rows)`` (negative counts from the end, as in PyTorch), or -1."""
-    if padding_idx is None:
-        return -1
-    if isinstance(padding_idx, bool) or not isinstance(padding_idx, (int, np.integer)):
-        raise TypeError(f"padding_idx must be an int or None, got {padding_idx!r}")
-    given = int(padding_idx)
-    if given < 0 and num_rows is None:
-        raise ValueError(f"a negative padding_idx ({given}) needs the number of rows (num_rows)")
-    padding_idx = given + num_rows if given < 0 else given
-    if padding_idx < 0 or (num_rows is not None and padding_idx >= num_rows):
-        raise ValueError(f"padding_idx = {given} is out of range [-{num_rows}, {num_rows})")
-    return padding_idx
 
 
 def _check_offsets(offsets, n_ids, include_last_offset):
@@ -138,6 +124,7 @@ def prepare_bags(ids, offsets, per_sample_weights, mode, padding_idx, include_la
             raise ValueError(f"per_sample_weights must have the ids' shape {ids.shape}, got {weights.shape}")
         weights = weights.reshape(-1)
     padding = check_padding_idx(padding_idx, num_rows)
+    padding = -1 if padding is None else padding
     flat = ids.reshape(-1)
     threads = resolve_threads(n_threads, flat.shape[0] * max(dim, 1) * itemsize)
     check_rows(flat, num_rows if num_rows is not None else np.iinfo(np.int64).max, threads, ids.shape)
@@ -231,15 +218,12 @@ class EmbeddingBag(Embedding):
                  include_last_offset=False, empty="zeros", embeddings_initializer="uniform", trainable=True,
                  weights=None, dtype="float32", seed=None, name=None):
         super().__init__(num_embeddings, embedding_dim, embeddings_initializer=embeddings_initializer,
-                         trainable=trainable, weights=weights, dtype=dtype, seed=seed, name=name or "embedding_bag")
+                         trainable=trainable, weights=weights, dtype=dtype, seed=seed, name=name or "embedding_bag",
+                         padding_idx=padding_idx, scale_grad_by_freq=scale_grad_by_freq)
         self.mode = check_mode(mode)
-        self.padding_idx = None if padding_idx is None else check_padding_idx(padding_idx, self.input_dim)
-        self.scale_grad_by_freq = bool(scale_grad_by_freq)
         self.include_last_offset = bool(include_last_offset)
         _check_empty_policy(empty)
         self.empty = empty
-        if self.padding_idx is not None and weights is None:
-            self.embeddings[self.padding_idx] = 0
 
     @classmethod
     def from_pretrained(cls, matrix, trainable=False, **kwargs):

@@ -53,6 +53,9 @@ class SparseOptimizer:
     hyper_names = ("lr",)
 
     def __init__(self, layer, **hyper):
+        if getattr(layer, "storage", "float32") not in ("float32", "float64"):
+            raise ValueError(f"a {layer.storage} table is for inference: an optimizer needs float32 or float64 "
+                             f"storage")
         table = getattr(layer, "embeddings", None)
         if not isinstance(table, np.ndarray) or table.ndim != 2 or not hasattr(layer, "trainable"):
             raise TypeError(f"an optimizer needs a layer with a 2-D table (Embedding or EmbeddingBag), "
@@ -127,6 +130,11 @@ class SparseOptimizer:
         table = layer.embeddings
         if grad.dim != table.shape[1]:
             raise ValueError(f"layer.grad has width {grad.dim} but the table has width {table.shape[1]}")
+        self._apply(self._plan_of(grad, n_threads))
+
+    def _plan_of(self, grad, n_threads):
+        """A plan that applies a ``SparseGrad`` as it is: one term per row."""
+        table = self.layer.embeddings
         rows = np.asarray(grad.rows, dtype=np.int64)
         values = np.ascontiguousarray(grad.values, dtype=table.dtype)
         if rows.size and (rows[0] < 0 or rows[-1] >= table.shape[0] or np.any(rows[1:] <= rows[:-1])):
@@ -134,9 +142,8 @@ class SparseOptimizer:
             coalesced = sparse_grad(rows, values, num_rows=table.shape[0], n_threads=n_threads)
             rows, values = coalesced.rows, coalesced.values
         threads = resolve_threads(n_threads, values.size * values.itemsize)
-        plan = GradPlan(rows, np.arange(rows.shape[0], dtype=np.int64), np.arange(rows.shape[0] + 1, dtype=np.int64),
+        return GradPlan(rows, np.arange(rows.shape[0], dtype=np.int64), np.arange(rows.shape[0] + 1, dtype=np.int64),
                         values, table.shape[0], threads)
-        self._apply(plan)
 
     def fused_step(self, ids, grad_out, offsets=None, per_sample_weights=None, n_threads=None):
         """Backward and update in one pass, from one batch.
@@ -152,6 +159,16 @@ class SparseOptimizer:
             if offsets is not None or per_sample_weights is not None:
                 raise TypeError("offsets and per_sample_weights apply to an EmbeddingBag layer only")
             checked = layer._checked_ids(ids) if hasattr(layer, "_checked_ids") else ids
+            clip = layer._clip_options() if hasattr(layer, "_clip_options") else {}
+            if clip:
+                # Clipped output rows: the gradient needs the clip's derivative, which sparse_grad applies.
+                grad = sparse_grad(checked, np.asarray(grad_out, dtype=layer.embeddings.dtype),
+                                   num_rows=layer.embeddings.shape[0], n_threads=n_threads,
+                                   padding_idx=layer.padding_idx, scale_grad_by_freq=layer.scale_grad_by_freq,
+                                   table=layer.embeddings, **clip)
+                if layer.trainable:
+                    self._apply(self._plan_of(grad, n_threads))
+                return
             plan = lookup_plan(checked, grad_out, layer.embeddings.shape[0], layer.embeddings.dtype,
                                padding_idx=getattr(layer, "padding_idx", None),
                                scale_grad_by_freq=getattr(layer, "scale_grad_by_freq", False), n_threads=n_threads)

@@ -175,9 +175,14 @@ def test_gradcheck_every_mode(rng, mode, layout):
     report = fastembed.gradcheck(layer, ids, call_kwargs=kwargs)
     assert report.ok, report
     assert layer.grad is None
-    # scale_grad_by_freq is a heuristic, not the gradient: the check must see the difference (id 5 twice).
+    # scale_grad_by_freq departs from the true gradient by exactly each id's count, which gradcheck expects.
     layer.scale_grad_by_freq = True
-    assert not fastembed.gradcheck(layer, ids, call_kwargs=kwargs).ok
+    assert fastembed.gradcheck(layer, ids, call_kwargs=kwargs).ok
+    layer.scale_grad_by_freq = False
+    report = fastembed.gradcheck(layer, ids, call_kwargs=kwargs)
+    layer.backward = lambda ids, offsets, grad_out, **kw: fastembed.embedding_bag_backward(
+        ids, grad_out, offsets, mode=mode, padding_idx=0, scale_grad_by_freq=True, table=layer.embeddings, **kw)
+    assert report.ok and not fastembed.gradcheck(layer, ids, call_kwargs=kwargs).ok    # id 5 twice: caught
 
 
 # --- the layer ----------------------------------------------------------------------------------------------
@@ -286,7 +291,7 @@ def test_bad_arguments_raise_precise_errors():
         fastembed.embedding_bag(table, ids, offsets, mode="max", per_sample_weights=np.ones(3))
     with pytest.raises(ValueError, match=r"per_sample_weights must have the ids' shape \(3,\), got \(2,\)"):
         fastembed.embedding_bag(table, ids, offsets, per_sample_weights=np.ones(2))
-    with pytest.raises(ValueError, match=r"padding_idx = 10 is out of range \[-10, 10\)"):
+    with pytest.raises(ValueError, match=r"padding_idx must be in \[-10, 10\) for a table of 10 rows, got 10"):
         fastembed.embedding_bag(table, ids, offsets, padding_idx=10)
     with pytest.raises(TypeError, match="padding_idx must be an int"):
         fastembed.EmbeddingBag(10, 2, padding_idx=1.5)

@@ -220,19 +220,24 @@ def test_rowwise_adagrad_agrees_with_fbgemm(rng):
 
 # --- fused == backward + step -------------------------------------------------------------------------------
 @pytest.mark.parametrize("key", list(OPTIMIZERS))
-@pytest.mark.parametrize("layer_kind", ["Embedding", "sum", "mean", "sqrtn", "max"])
+@pytest.mark.parametrize("layer_kind", ["Embedding", "Embedding-options", "Embedding-clip", "sum", "mean", "sqrtn",
+                                        "max"])
 def test_fused_step_is_bitwise_backward_then_step(rng, key, layer_kind):
     w0 = rng.standard_normal((V, D)).astype(np.float32)
 
     def make():
         if layer_kind == "Embedding":
             return fastembed.Embedding(V, D, weights=w0)
+        if layer_kind == "Embedding-options":
+            return fastembed.Embedding(V, D, weights=w0, padding_idx=1, scale_grad_by_freq=True)
+        if layer_kind == "Embedding-clip":
+            return fastembed.Embedding(V, D, weights=w0, max_norm=1.0, max_norm_mode="output")
         return fastembed.EmbeddingBag(V, D, mode=layer_kind, weights=w0, padding_idx=1, scale_grad_by_freq=True)
 
     fused_layer, split_layer = make(), make()
     fused_opt, split_opt = _make(key, fused_layer), _make(key, split_layer)
     for _ in range(3):
-        if layer_kind == "Embedding":
+        if layer_kind.startswith("Embedding"):
             ids, grad_out = rng.integers(0, V, size=(3, 9)), rng.standard_normal((3, 9, D)).astype(np.float32)
             fused_opt.fused_step(ids, grad_out, n_threads=3)
             split_layer.backward(ids, grad_out, n_threads=2)
