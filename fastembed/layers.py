@@ -1,7 +1,7 @@
 """``Embedding``: a Keras-style embedding layer over fastembed's kernels."""
 import numpy as np
 
-from fastembed import _out_of_range, initializers
+from fastembed import _out_of_range, checkpoint, initializers
 from fastembed._validation import (
     FLOAT_DTYPES,
     as_float,
@@ -140,6 +140,33 @@ class Embedding:
         # In place, so that whoever holds the table (an optimizer, a view) sees the new values.
         self.embeddings[...] = self._checked_matrix(weights, "weights")
 
+    def get_config(self):
+        """The constructor arguments that rebuild this layer, weights and initializer aside (a JSON-able dict)."""
+        return {"input_dim": self.input_dim, "output_dim": self.output_dim, "mask_zero": self.mask_zero,
+                "trainable": self.trainable, "input_length": self.input_length, "dtype": self.dtype.name,
+                "name": self.name, "out_of_range": _json_scalar(self.out_of_range)}
+
+    def save(self, path):
+        """Write the table and the config to ``path`` (.npz) atomically; the gradient is not saved.
+
+        See ``fastembed.checkpoint``: an interrupted save leaves the previous file intact.
+        """
+        return checkpoint.save_arrays(path, {"embeddings": self.embeddings},
+                                      {"class": type(self).__name__, "config": self.get_config()})
+
+    @classmethod
+    def load(cls, path):
+        """A layer rebuilt from ``save``'s file; ``checkpoint.CheckpointError`` when it is damaged or not a layer's."""
+        arrays, meta = checkpoint.load_arrays(path)
+        if meta.get("class") != cls.__name__ or "embeddings" not in arrays:
+            raise checkpoint.CheckpointError(f"{path}: holds a {meta.get('class')!r}, not an {cls.__name__}")
+        config = meta["config"]
+        table = arrays["embeddings"]
+        if table.shape != (config["input_dim"], config["output_dim"]) or table.dtype != np.dtype(config["dtype"]):
+            raise checkpoint.CheckpointError(f"{path}: the table is {table.shape} {table.dtype}, the config says "
+                                             f"({config['input_dim']}, {config['output_dim']}) {config['dtype']}")
+        return cls(weights=table, **config)
+
     def __repr__(self):
         flags = [f"mask_zero={self.mask_zero}"] if self.mask_zero else []
         if not self.trainable:
@@ -152,3 +179,7 @@ class Embedding:
         return (f"Embedding(name={self.name!r}, input_dim={self.input_dim}, output_dim={self.output_dim}, "
                 f"dtype={self.dtype.name}{extra}, params={self.count_params()})")
 
+
+def _json_scalar(value):
+    """numpy integers are not JSON; an out_of_range row may be one."""
+    return value if isinstance(value, str) else int(value)

@@ -98,6 +98,8 @@ ENTRIES = {entry.name: entry for entry in [
           lambda a: a["layer"].set_weights(a["weights"])),
     Entry("Embedding.from_pretrained", lambda: {"matrix": _table()},
           lambda a: fastembed.Embedding.from_pretrained(**a)),
+    Entry("Embedding.save", lambda: {"layer": _layer(), "path": "unused"},
+          lambda a: a["layer"].save(a["path"])),
     Entry("SparseGrad", lambda: {"rows": np.array([1, 4]), "values": np.ones((2, D)), "num_rows": V},
           lambda a: fastembed.SparseGrad(**a)),
     Entry("SparseGrad.to_dense", lambda: {"grad": fastembed.SparseGrad([1, 4], np.ones((2, D)), V)},
@@ -345,6 +347,8 @@ def _specific_rows():
             r"^output_dim must be a positive int, got 0$"),
         Row("matrix-strings", "Embedding.from_pretrained", both("matrix", lambda _: _table().astype(str)), TypeError,
             r"^weights must be numeric, got dtype <U"),
+        Row("path-missing-directory", "Embedding.save", both("path", "/nonexistent-dir/layer.npz"),
+            FileNotFoundError, r"nonexistent-dir"),
         # SparseGrad
         Row("rows-negative", "SparseGrad", both("rows", np.array([-1, 4])), ValueError, r"^rows\[0\] = -1 is negative$"),
         Row("rows-unsorted", "SparseGrad", both("rows", np.array([4, 1])), ValueError,
@@ -472,3 +476,14 @@ def test_accepted_input_matches_oracle(row):
         assert got.shape == want.shape
         np.testing.assert_array_equal(got, want)
 
+
+def test_save_failure_leaves_no_file_behind(tmp_path):
+    layer = _layer()
+    target = tmp_path / "layer.npz"
+    layer.save(target)
+    before = target.read_bytes()
+    layer.embeddings[...] = 1.0
+    with pytest.raises(TypeError, match="meta must be JSON-serialisable"):
+        fastembed.checkpoint.save_arrays(target, {"embeddings": layer.embeddings}, {"bad": object()})
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["layer.npz"]
