@@ -34,7 +34,7 @@ def check_functional_ops(rng):
                                               out_of_range=policy)
                     assert _index.first_out_of_range(strays, 300, n_threads) == 0
     wide = rng.integers(0, 2**62, size=40_000)
-    rows, order, seg_ptr = _index.group_rows(wide, int(wide.max()), 2)
+    rows, _, seg_ptr = _index.group_rows(wide, int(wide.max()), 2)
     assert np.array_equal(rows, np.unique(wide)) and seg_ptr[-1] == wide.size
     # Empty, 0-d, D == 0, a table without rows.
     assert fastembed.gather(np.zeros((0, 3), np.float32), []).shape == (0, 3)

@@ -6,33 +6,38 @@ destination rows. Both add the contributions to a row in increasing position ord
 same for any number of threads, and the same as ``np.add.at``.
 """
 from libc.stdint cimport int64_t
-from libc.string cimport memset
 from cython.parallel cimport prange
 
-from fastembed._memory cimport FE_PREFETCH_READ, FE_PREFETCH_WRITE
+from fastembed._memory cimport prefetch_distance, prefetch_row_read, prefetch_row_write
 from fastembed._types cimport index_t, real_t
 
 cdef enum:
-    PREFETCH_DISTANCE = 8
     PARALLEL_MIN_BYTES = 1 << 16
 
 
 cdef void _segment_sum_range(const real_t *grad, const int64_t *order, const int64_t *seg_ptr,
                              real_t *values, Py_ssize_t dim, Py_ssize_t n_ids,
                              Py_ssize_t seg_start, Py_ssize_t seg_end) noexcept nogil:
-    cdef Py_ssize_t s, k, j, ahead
+    cdef Py_ssize_t s, k, j, ahead, first, last
+    cdef Py_ssize_t row_bytes = dim * sizeof(real_t), distance = prefetch_distance(row_bytes)
+    cdef Py_ssize_t prefetch_end = seg_ptr[seg_end]
     cdef real_t *dst
     cdef const real_t *src
     for s in range(seg_start, seg_end):
         dst = values + s * dim
-        memset(dst, 0, dim * sizeof(real_t))
-        for k in range(seg_ptr[s], seg_ptr[s + 1]):
-            ahead = k + PREFETCH_DISTANCE
-            if ahead < n_ids:
-                FE_PREFETCH_READ(grad + order[ahead] * dim)
+        first, last = seg_ptr[s], seg_ptr[s + 1]
+        for k in range(first, last):
+            ahead = k + distance
+            if ahead < prefetch_end:
+                prefetch_row_read(grad + order[ahead] * dim, row_bytes)
             src = grad + order[k] * dim
-            for j in range(dim):
-                dst[j] += src[j]
+            if k == first:
+                # 0 + g, not g: the same bits as summing into zeros (-0.0 becomes +0.0), without a memset.
+                for j in range(dim):
+                    dst[j] = <real_t>0 + src[j]
+            else:
+                for j in range(dim):
+                    dst[j] += src[j]
 
 
 def segment_sum_rows(const real_t[:, ::1] grad, const int64_t[::1] order, const int64_t[::1] seg_ptr,
@@ -60,14 +65,14 @@ def segment_sum_rows(const real_t[:, ::1] grad, const int64_t[::1] order, const 
 cdef void _scatter_add_owned(real_t *dense, const index_t *ids, const real_t *grad, Py_ssize_t dim,
                              Py_ssize_t n_ids, int64_t row_lo, int64_t row_hi) noexcept nogil:
     cdef Py_ssize_t i, j, ahead
+    cdef Py_ssize_t row_bytes = dim * sizeof(real_t), distance = prefetch_distance(row_bytes)
     cdef int64_t row
     cdef real_t *dst
     cdef const real_t *src
     for i in range(n_ids):
-        ahead = i + PREFETCH_DISTANCE
+        ahead = i + distance
         if ahead < n_ids and row_lo <= ids[ahead] < row_hi:
-            FE_PREFETCH_WRITE(dense + ids[ahead] * dim)
-            FE_PREFETCH_READ(grad + ahead * dim)
+            prefetch_row_write(dense + ids[ahead] * dim, row_bytes)
         row = ids[i]
         if row < row_lo or row >= row_hi:
             continue

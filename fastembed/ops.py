@@ -5,7 +5,8 @@ contiguous arrays to a trusting ``nogil`` kernel. Nothing is written before ever
 """
 import numpy as np
 
-from fastembed import _gather, _index, _out_of_range, _remap, _scatter
+from fastembed import _gather, _index, _out_of_range, _remap, _rowscale, _scatter, lowp
+from fastembed._options import check_max_norm, check_norm_type, check_padding_idx, reduce_segments
 from fastembed._threads import resolve_threads
 from fastembed._validation import (
     as_float,
@@ -22,32 +23,58 @@ from fastembed.sparse import SparseGrad
 _NO_ROW_LIMIT = np.iinfo(np.int64).max
 
 
-def gather(table, ids, out=None, n_threads=None, out_of_range="raise"):
+def gather(table, ids, out=None, n_threads=None, max_norm=None, norm_type=2.0, out_of_range="raise"):
     """Look up rows: ``out[..., :] = table[ids[...], :]``.
 
-    table: (V, D) float32/float64. ids: integer array of any shape (0-d and empty included).
-    out: optional C-contiguous array of shape ``ids.shape + (D,)`` and the table's dtype, not overlapping table.
+    table: (V, D) float32/float64, or a low-precision table (float16 array, bfloat16 as a
+    ``lowp.BFloat16Table`` or ``ml_dtypes.bfloat16`` array, int8 ``lowp.QuantizedTable``), read into float32.
+    ids: integer array of any shape (0-d and empty included).
+    out: optional C-contiguous array of shape ``ids.shape + (D,)`` and the output dtype, not overlapping table.
+    max_norm / norm_type: when max_norm is given, each output row whose norm_type-norm exceeds it is scaled
+    by ``max_norm / (norm + 1e-7)``: the rows ``renorm_`` would produce, but the table is left untouched.
     out_of_range: what an id outside ``[0, V)`` reads: ``"raise"`` (an ``IndexError`` naming the first one,
     before anything is written), ``"clip"`` (the nearest row), ``"zero"`` (a zero vector) or an int row.
-    Returns an array of shape ``ids.shape + (D,)``, the table's dtype.
+    Returns an array of shape ``ids.shape + (D,)``, the table's dtype (float32 for low precision).
     """
-    table = as_table(table)
+    # The fast path returns None for any out-of-range id, which then takes the general path below.
+    if out is None and n_threads is None and max_norm is None:
+        try:
+            small = _gather.gather_small(table, ids)
+        except OverflowError:       # a Python int beyond int64: the general path names it
+            small = None
+        if small is not None:
+            if not (type(out_of_range) is str and out_of_range == "raise"):
+                _out_of_range.parse(out_of_range, table.shape[0])    # every id was valid: only check it
+            return small
+    if max_norm is not None:
+        max_norm, norm_type = check_max_norm(max_norm), check_norm_type(norm_type)
+    reader = lowp.reader(table)
+    if reader is None:
+        table = as_table(table)
     ids = as_ids(ids)
     flat = ids.reshape(-1)
-    n_rows, dim = table.shape
+    n_rows, dim = table.shape if reader is None else reader.shape
     policy = _out_of_range.parse(out_of_range, n_rows)
-    threads = resolve_threads(n_threads, flat.shape[0] * dim * table.itemsize)
+    out_dtype = table.dtype if reader is None else np.dtype(np.float32)
+    threads = resolve_threads(n_threads, flat.shape[0] * dim * out_dtype.itemsize)
     mapped = _out_of_range.needs_mapping(flat, n_rows, policy, threads, ids.shape)
-    out = prepare_out(out, ids.shape + (dim,), table.dtype)
-    check_no_overlap(out, "out", table, "table")
-    if not table.flags.c_contiguous:
-        table = np.ascontiguousarray(table)
-    # An explicit row count: reshape(-1, 0) cannot infer it when D == 0.
+    out = prepare_out(out, ids.shape + (dim,), out_dtype)
     out2d = out.reshape(flat.shape[0], dim)
-    if mapped:
-        _remap.gather_rows_mapped(table, flat, out2d, policy.code, policy.row, threads)
+    if reader is not None:
+        if mapped:
+            _out_of_range.read_mapped(reader.read, flat, out2d, n_rows, policy, threads)
+        else:
+            reader.read(flat, out2d, threads)
     else:
-        _gather.gather_rows(table, flat, out2d, threads)
+        check_no_overlap(out, "out", table, "table")
+        if not table.flags.c_contiguous:
+            table = np.ascontiguousarray(table)
+        if mapped:
+            _remap.gather_rows_mapped(table, flat, out2d, policy.code, policy.row, threads)
+        else:
+            _gather.gather_rows(table, flat, out2d, threads)
+    if max_norm is not None:
+        _rowscale.clip_rows(out2d, max_norm, norm_type, threads)
     return out
 
 
@@ -68,13 +95,19 @@ def _group(flat_ids, num_rows, threads, shape, policy=_out_of_range.RAISE_POLICY
     return rows, order, seg_ptr
 
 
-def sparse_grad(ids, grad_out, num_rows=None, n_threads=None, out_of_range="raise"):
+def sparse_grad(ids, grad_out, num_rows=None, n_threads=None, padding_idx=None, scale_grad_by_freq=False,
+                max_norm=None, norm_type=2.0, table=None, out_of_range="raise"):
     """Gradient of ``gather`` w.r.t. the table, as the looked-up rows only.
 
     ids: integer array of any shape. grad_out: float32/float64, shape ``ids.shape + (D,)``.
     num_rows: the table's row count V (at most 2**63 - 1); when given, ids must be below it. Memory is
-    O(N * D), never O(V). out_of_range: as in ``gather`` (needs num_rows unless "raise"): "clip" and an int
-    row send the gradient to the row that was read, "zero" drops those positions.
+    O(N * D), never O(V). out_of_range: as in ``gather`` (needs num_rows or table unless "raise"): "clip" and an
+    int row send the gradient to the row that was read, "zero" drops those positions.
+    padding_idx: positions holding this id contribute nothing and its row is left out (negative counts from
+    the end of the table, which needs num_rows or table).
+    scale_grad_by_freq: each row's sum is divided by the number of times its id occurs in ids.
+    max_norm / norm_type / table: the gradient of ``gather(table, ids, max_norm=..., norm_type=...)``, the
+    exact derivative of the clipped rows (table: the (V, D) table they were read from, grad_out's dtype).
     Returns a ``SparseGrad`` with ``rows`` (U,) int64 sorted unique and ``values`` (U, D) of grad_out's
     dtype. Duplicates are summed in increasing position order: bit-for-bit the same for any thread count.
     """
@@ -85,15 +118,36 @@ def sparse_grad(ids, grad_out, num_rows=None, n_threads=None, out_of_range="rais
     check_grad_shape(grad, ids.shape, None)
     if num_rows is not None:
         num_rows = check_positive_int(num_rows, "num_rows", maximum=_NO_ROW_LIMIT)
-    policy = _out_of_range.parse(out_of_range, num_rows)
     dim = grad.shape[-1]
+    if table is not None:
+        table, num_rows = _clip_table(table, grad, num_rows)
+    policy = _out_of_range.parse(out_of_range, num_rows)
+    if max_norm is not None:
+        if table is None:
+            raise ValueError("max_norm needs the table the rows were read from: pass table=")
+        max_norm, norm_type = check_max_norm(max_norm), check_norm_type(norm_type)
+    padding_idx = check_padding_idx(padding_idx, num_rows)
     flat = ids.reshape(-1)
     threads = resolve_threads(n_threads, flat.shape[0] * max(dim, 1) * grad.itemsize)
     rows, order, seg_ptr = _group(flat, num_rows, threads, ids.shape, policy)
+    # An explicit row count: reshape(-1, 0) cannot infer it when D == 0.
     grad2d = np.ascontiguousarray(grad).reshape(flat.shape[0], dim)
-    values = np.empty((rows.shape[0], dim), dtype=grad.dtype)
-    _scatter.segment_sum_rows(grad2d, order, seg_ptr, values, threads)
+    rows, values = reduce_segments(grad2d, rows, order, seg_ptr, padding_idx, bool(scale_grad_by_freq), threads)
+    if max_norm is not None:
+        _rowscale.clip_rows_backward(table, rows, values, max_norm, norm_type, threads)
     return SparseGrad._trusted(rows, values, num_rows)
+
+
+def _clip_table(table, grad, num_rows):
+    """Check the ``table`` argument of ``sparse_grad``: C-contiguous, grad's dtype and width, num_rows rows."""
+    table = as_table(table)
+    if table.dtype != grad.dtype:
+        raise TypeError(f"table has dtype {table.dtype} but grad_out has dtype {grad.dtype}: they must match")
+    if table.shape[1] != grad.shape[-1]:
+        raise ValueError(f"table has {table.shape[1]} columns but grad_out rows have {grad.shape[-1]}")
+    if num_rows is not None and num_rows != table.shape[0]:
+        raise ValueError(f"num_rows={num_rows} but the table has {table.shape[0]} rows")
+    return np.ascontiguousarray(table), table.shape[0]
 
 
 def scatter_add(dense_grad, ids, grad_out, n_threads=None):
