@@ -82,15 +82,32 @@ cdef enum:
     FAST_PATH_MAX_BYTES = 1 << 16
 
 
-def gather_small(object table, object ids):
-    """Fast path of ``fastembed.gather`` for small lookups, or None when it does not apply.
+cdef bint _usable_out(object out, int nd, cnp.npy_intp *dims, int type_num):
+    """Whether ``out`` is an ndarray of exactly this shape and dtype that the kernel may write."""
+    cdef cnp.ndarray arr
+    cdef int k
+    if type(out) is not cnp.ndarray:
+        return False
+    arr = <cnp.ndarray>out
+    if (cnp.PyArray_NDIM(arr) != nd or cnp.PyArray_TYPE(arr) != type_num
+            or not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISWRITEABLE(arr)):
+        return False
+    for k in range(nd):
+        if cnp.PyArray_DIM(arr, k) != dims[k]:
+            return False
+    return True
 
-    Applies to a C-contiguous 2-D float32/float64 ndarray table and ids that are a Python int or a
-    C-contiguous int32/int64 ndarray, all in range, with at most 64 KiB of output. Anything else (including
-    an out-of-range id, whose precise error the general path raises) returns None. It exists because the
-    general path's validation costs several microseconds, which dominates a lookup of a few rows.
+
+def gather_small(object table, object ids, object out=None):
+    """Fast path of ``fastembed.gather`` for small lookups on one thread, or None when it does not apply.
+
+    Applies to a C-contiguous 2-D float32/float64 ndarray table, ids that are a Python int or a C-contiguous
+    int32/int64 ndarray, all in range, at most 64 KiB of output, and ``out`` None or an exactly matching
+    writeable C-contiguous array. Anything else (including an out-of-range id, whose precise error the
+    general path raises) returns None, and nothing has been written. It exists because the general path's
+    validation costs several microseconds, which dominates a lookup of a few rows.
     """
-    cdef cnp.ndarray tab, idx, out
+    cdef cnp.ndarray tab, idx
     cdef int table_type, ids_type, nd, k
     cdef Py_ssize_t n_rows, dim, row_bytes, n = 1, i
     cdef cnp.npy_intp dims[33]
@@ -111,8 +128,12 @@ def gather_small(object table, object ids):
         if scalar_id < 0 or scalar_id >= n_rows:
             return None
         dims[0] = dim
-        out = cnp.PyArray_EMPTY(1, dims, table_type, 0)
-        memcpy(cnp.PyArray_DATA(out), <const char *>cnp.PyArray_DATA(tab) + scalar_id * row_bytes, row_bytes)
+        if out is None:
+            out = cnp.PyArray_EMPTY(1, dims, table_type, 0)
+        elif not _usable_out(out, 1, dims, table_type):
+            return None
+        memcpy(cnp.PyArray_DATA(<cnp.ndarray>out), <const char *>cnp.PyArray_DATA(tab) + scalar_id * row_bytes,
+               row_bytes)
         return out
     if type(ids) is not cnp.ndarray:
         return None
@@ -137,13 +158,16 @@ def gather_small(object table, object ids):
         for i in range(n):
             if (<uint64_t>(<const int32_t *>ids_data)[i]) >= <uint64_t>n_rows:
                 return None
-    out = cnp.PyArray_EMPTY(nd + 1, dims, table_type, 0)
+    if out is None:
+        out = cnp.PyArray_EMPTY(nd + 1, dims, table_type, 0)
+    elif not _usable_out(out, nd + 1, dims, table_type):
+        return None
     if n == 0 or row_bytes == 0:
         return out
     if ids_type == cnp.NPY_INT64:
         _gather_range(<const char *>cnp.PyArray_DATA(tab), <const int64_t *>ids_data,
-                      <char *>cnp.PyArray_DATA(out), row_bytes, 0, n)
+                      <char *>cnp.PyArray_DATA(<cnp.ndarray>out), row_bytes, 0, n)
     else:
         _gather_range(<const char *>cnp.PyArray_DATA(tab), <const int32_t *>ids_data,
-                      <char *>cnp.PyArray_DATA(out), row_bytes, 0, n)
+                      <char *>cnp.PyArray_DATA(<cnp.ndarray>out), row_bytes, 0, n)
     return out

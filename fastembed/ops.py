@@ -7,7 +7,7 @@ import numpy as np
 
 from fastembed import _gather, _index, _out_of_range, _remap, _rowscale, _scatter, lowp
 from fastembed._options import check_max_norm, check_norm_type, check_padding_idx, reduce_segments
-from fastembed._threads import resolve_threads
+from fastembed._threads import MAX_THREADS, resolve_threads
 from fastembed._validation import (
     as_float,
     as_ids,
@@ -36,10 +36,13 @@ def gather(table, ids, out=None, n_threads=None, max_norm=None, norm_type=2.0, o
     before anything is written), ``"clip"`` (the nearest row), ``"zero"`` (a zero vector) or an int row.
     Returns an array of shape ``ids.shape + (D,)``, the table's dtype (float32 for low precision).
     """
-    # The fast path returns None for any out-of-range id, which then takes the general path below.
-    if out is None and n_threads is None and max_norm is None:
+    # Work under 64 KiB runs on one thread whatever n_threads says, so any valid count may take the fast path.
+    # It returns None for any out-of-range id, which then takes the general path below; an out= aliasing the
+    # table goes there too, to be refused.
+    if (max_norm is None and (n_threads is None or (type(n_threads) is int and 0 < n_threads <= MAX_THREADS))
+            and (out is None or not (type(table) is np.ndarray and np.may_share_memory(out, table)))):
         try:
-            small = _gather.gather_small(table, ids)
+            small = _gather.gather_small(table, ids, out)
         except OverflowError:       # a Python int beyond int64: the general path names it
             small = None
         if small is not None:
@@ -78,21 +81,50 @@ def gather(table, ids, out=None, n_threads=None, max_norm=None, norm_type=2.0, o
     return out
 
 
-def _group(flat_ids, num_rows, threads, shape, policy=_out_of_range.RAISE_POLICY):
-    """Validate ids against ``num_rows`` (or only for sign) and group them by the row they read.
+def _rows_to_read(flat_ids, num_rows, threads, shape, policy):
+    """Validate ids against ``num_rows`` (or only for sign) and map them by ``policy``.
 
-    Returns ``group_rows``' ``(rows, order, seg_ptr)``; under ``out_of_range="zero"`` the positions that read
-    no row are left out of the segments (they stay at the end of ``order``).
+    Returns ``(ids, dropped)``: ``flat_ids`` itself when every id is valid, else the remapped copy, in which
+    ids that read no row ("zero") hold ``num_rows`` and ``dropped`` is True.
     """
     limit = _NO_ROW_LIMIT if num_rows is None else num_rows
-    if _out_of_range.needs_mapping(flat_ids, limit, policy, threads, shape):
-        flat_ids = _out_of_range.remap(flat_ids, num_rows, policy, threads)
+    if not _out_of_range.needs_mapping(flat_ids, limit, policy, threads, shape):
+        return flat_ids, False
+    return _out_of_range.remap(flat_ids, num_rows, policy, threads), policy.code == _out_of_range.ZERO
+
+
+def _grouped(flat_ids, num_rows, threads, dropped):
+    """``group_rows``' ``(rows, order, seg_ptr)``; the positions that read no row (``dropped``: they hold
+    ``num_rows``, the last segment) are left out of the segments, at the end of ``order``."""
     max_id = int(flat_ids.max()) if flat_ids.shape[0] else 0
     rows, order, seg_ptr = _index.group_rows(flat_ids, max_id, threads)
-    if rows.shape[0] and rows[-1] == num_rows:
-        # Under "zero" the ids that read nothing were mapped to num_rows, the last segment: drop it.
+    if dropped and rows.shape[0] and rows[-1] == num_rows:
         rows, seg_ptr = rows[:-1], seg_ptr[:-1]
     return rows, order, seg_ptr
+
+
+def _group(flat_ids, num_rows, threads, shape, policy=_out_of_range.RAISE_POLICY):
+    """Validate ids against ``num_rows`` (or only for sign), map them by ``policy``, group them by row."""
+    flat_ids, dropped = _rows_to_read(flat_ids, num_rows, threads, shape, policy)
+    return _grouped(flat_ids, num_rows, threads, dropped)
+
+
+# A dense (V, D) scratch table this small stays in cache, where summing into it beats sorting the ids.
+_DENSE_SCRATCH_MAX_BYTES = 4 << 20
+
+
+def _dense_sums_are_cheaper(num_rows, dim, n_ids, itemsize):
+    """Small tables hit by at least as many ids as they have rows: the scratch is O(N * D) memory too."""
+    return num_rows is not None and num_rows <= n_ids and num_rows * dim * itemsize <= _DENSE_SCRATCH_MAX_BYTES
+
+
+def _dense_row_sums(flat_ids, grad2d, num_rows, threads):
+    """``(rows, values)`` summed in a zeroed (V, D) scratch; same position order, same bits as grouping."""
+    scratch = np.zeros((num_rows, grad2d.shape[1]), dtype=grad2d.dtype)
+    touched = np.zeros(num_rows, dtype=np.uint8)
+    _scatter.scatter_add_rows(scratch, flat_ids, grad2d, threads, touched)
+    rows = np.flatnonzero(touched)
+    return rows, scratch[rows]
 
 
 def sparse_grad(ids, grad_out, num_rows=None, n_threads=None, padding_idx=None, scale_grad_by_freq=False,
@@ -101,8 +133,8 @@ def sparse_grad(ids, grad_out, num_rows=None, n_threads=None, padding_idx=None, 
 
     ids: integer array of any shape. grad_out: float32/float64, shape ``ids.shape + (D,)``.
     num_rows: the table's row count V (at most 2**63 - 1); when given, ids must be below it. Memory is
-    O(N * D), never O(V). out_of_range: as in ``gather`` (needs num_rows or table unless "raise"): "clip" and an
-    int row send the gradient to the row that was read, "zero" drops those positions.
+    O(N * D), never O(V). out_of_range: as in ``gather`` (needs num_rows or table unless "raise"): "clip" and
+    an int row send the gradient to the row that was read, "zero" drops those positions.
     padding_idx: positions holding this id contribute nothing and its row is left out (negative counts from
     the end of the table, which needs num_rows or table).
     scale_grad_by_freq: each row's sum is divided by the number of times its id occurs in ids.
@@ -129,10 +161,16 @@ def sparse_grad(ids, grad_out, num_rows=None, n_threads=None, padding_idx=None, 
     padding_idx = check_padding_idx(padding_idx, num_rows)
     flat = ids.reshape(-1)
     threads = resolve_threads(n_threads, flat.shape[0] * max(dim, 1) * grad.itemsize)
-    rows, order, seg_ptr = _group(flat, num_rows, threads, ids.shape, policy)
     # An explicit row count: reshape(-1, 0) cannot infer it when D == 0.
     grad2d = np.ascontiguousarray(grad).reshape(flat.shape[0], dim)
-    rows, values = reduce_segments(grad2d, rows, order, seg_ptr, padding_idx, bool(scale_grad_by_freq), threads)
+    flat, dropped = _rows_to_read(flat, num_rows, threads, ids.shape, policy)
+    if (padding_idx is None and not scale_grad_by_freq and not dropped
+            and _dense_sums_are_cheaper(num_rows, dim, flat.shape[0], grad.itemsize)):
+        rows, values = _dense_row_sums(flat, grad2d, num_rows, threads)
+    else:
+        rows, order, seg_ptr = _grouped(flat, num_rows, threads, dropped)
+        rows, values = reduce_segments(grad2d, rows, order, seg_ptr, padding_idx, bool(scale_grad_by_freq),
+                                       threads)
     if max_norm is not None:
         _rowscale.clip_rows_backward(table, rows, values, max_norm, norm_type, threads)
     return SparseGrad._trusted(rows, values, num_rows)
