@@ -61,6 +61,27 @@ def test_scatter_add_into_a_table_beyond_2_to_31_elements(big_table):
 
 
 @needs_64_bit
+def test_int8_table_beyond_2_to_30_rows(tmp_path):
+    """The (scale, bias) pair of row r sits at element 2 * r: with int32 ids that product overflowed int32 from
+    r = 2**30 on (a segfault)."""
+    from fastembed import lowp
+
+    n_rows, dim = 2**30 + 8, 4
+    table = lowp.QuantizedTable.__new__(lowp.QuantizedTable)      # memory-mapped parts: no 8 GiB copy
+    table.codes = np.memmap(tmp_path / "codes", dtype=np.uint8, mode="w+", shape=(n_rows, dim))
+    table.scale_bias = np.memmap(tmp_path / "scale_bias", dtype=np.float32, mode="w+", shape=(n_rows, 2))
+    special = [2**30 + 3, 1, 2**30 + 7]
+    for k, r in enumerate(special):
+        table.codes[r] = (np.arange(dim) + k) % 256
+        table.scale_bias[r] = (2.0 + k, -1.0 - k)
+    expected = np.stack([((np.arange(dim) + k) % 256) * (2.0 + k) - 1.0 - k for k in range(3)]).astype(np.float32)
+    for index_dtype in (np.int32, np.int64):
+        out = fastembed.gather(table, np.array(special, index_dtype), n_threads=1)
+        np.testing.assert_array_equal(out, expected)
+    del table
+
+
+@needs_64_bit
 @pytest.mark.slow
 def test_more_than_2_to_31_ids():
     n = 2**31 + 16
