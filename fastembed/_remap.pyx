@@ -9,14 +9,13 @@ from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy, memset
 from cython.parallel cimport prange
 
-from fastembed._memory cimport FE_PREFETCH_READ
+from fastembed._memory cimport prefetch_distance, prefetch_row_read
 from fastembed._types cimport index_t, real_t
 
 cdef enum:
     POLICY_CLIP = 1
     POLICY_ZERO = 2
     POLICY_ROW = 3
-    PREFETCH_DISTANCE = 12
     # Below this many bytes written, one thread is faster than starting a team.
     PARALLEL_MIN_BYTES = 1 << 16
 
@@ -42,13 +41,13 @@ cdef void _gather_mapped_range(const real_t *table, const index_t *ids, real_t *
                                Py_ssize_t start, Py_ssize_t end) noexcept nogil:
     cdef Py_ssize_t i, ahead
     cdef int64_t src
-    cdef size_t row_bytes = dim * sizeof(real_t)
+    cdef Py_ssize_t row_bytes = dim * sizeof(real_t), distance = prefetch_distance(row_bytes)
     for i in range(start, end):
-        ahead = i + PREFETCH_DISTANCE
+        ahead = i + distance
         if ahead < end:
             src = _mapped(ids[ahead], n_rows, policy, row)
             if src < n_rows:
-                FE_PREFETCH_READ(table + src * dim)
+                prefetch_row_read(table + src * dim, row_bytes)
         src = _mapped(ids[i], n_rows, policy, row)
         if src < n_rows:
             memcpy(out + i * dim, table + src * dim, row_bytes)

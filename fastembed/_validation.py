@@ -7,6 +7,9 @@ from fastembed import _index
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 _INT64_MAX = np.iinfo(np.int64).max
+# Bound on np.shares_memory's exact search (it is exponential in the worst case).
+_OVERLAP_MAX_WORK = 1 << 16
+_TooHardError = getattr(np, "exceptions", np).TooHardError     # np.exceptions appeared in numpy 1.25
 
 
 def as_ids(ids, name="ids"):
@@ -134,7 +137,13 @@ def check_finite_scalar(value, name):
 
 def check_no_overlap(written, name, other, other_name):
     """Refuse an output that shares memory with an input: the result would depend on the order of writes."""
-    if np.may_share_memory(written, other) and np.shares_memory(written, other):
+    if not np.may_share_memory(written, other):
+        return
+    try:
+        overlap = np.shares_memory(written, other, max_work=_OVERLAP_MAX_WORK)
+    except _TooHardError:    # strides too intricate to decide quickly: refuse, to be safe
+        overlap = True
+    if overlap:
         raise ValueError(f"{name} shares memory with {other_name}; pass a separate array")
 
 

@@ -44,7 +44,8 @@ def save_arrays(path, arrays, meta=None):
         entries[name] = {"shape": list(array.shape), "dtype": array.dtype.str, "crc32": zlib.crc32(array)}
     header = {"format": FORMAT, "version": VERSION, "meta": {} if meta is None else meta, "arrays": entries}
     try:
-        encoded = json.dumps(header, allow_nan=False).encode()
+        # Infinity is allowed (a max-abs norm_type is inf): Python's json reads back what it writes.
+        encoded = json.dumps(header).encode()
     except (TypeError, ValueError) as error:
         raise TypeError(f"meta must be JSON-serialisable: {error}") from None
     prepared[_HEADER] = np.frombuffer(encoded, dtype=np.uint8)
@@ -80,7 +81,9 @@ def _read_header(archive, path):
     if _HEADER not in archive.files:
         raise CheckpointError(f"{path}: not a fastembed checkpoint (no header)")
     header = json.loads(archive[_HEADER].tobytes().decode())
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: not a fastembed checkpoint (the header is not a JSON object)")
+    if header.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a fastembed checkpoint (format {header.get('format')!r})")
     if header.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {header.get('version')!r}, this fastembed reads "

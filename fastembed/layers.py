@@ -262,7 +262,10 @@ class Embedding:
         expected = (config.get("input_dim"), config.get("output_dim"))
         if tuple(table.shape) != expected:
             raise checkpoint.CheckpointError(f"{path}: the table is {tuple(table.shape)}, the config says {expected}")
-        return cls(weights=table, **config)
+        try:
+            return cls(weights=table, **config)
+        except (TypeError, ValueError) as error:
+            raise checkpoint.CheckpointError(f"{path}: the saved config does not make a layer: {error}") from None
 
     def __repr__(self):
         flags = [f"mask_zero={self.mask_zero}"] if self.mask_zero else []

@@ -39,6 +39,7 @@ def test_arrays_and_meta_round_trip(tmp_path):
                                     {"dtype": "float64", "trainable": False, "out_of_range": 7},
                                     {"out_of_range": "zero", "padding_idx": -1, "scale_grad_by_freq": True},
                                     {"max_norm": 1.5, "norm_type": 1.0, "max_norm_mode": "output"},
+                                    {"max_norm": 1.5, "norm_type": float("inf")},
                                     {"trainable": False, "storage": "float16"},
                                     {"trainable": False, "storage": "bfloat16"},
                                     {"trainable": False, "storage": "int8", "out_of_range": "clip"}])
@@ -135,12 +136,22 @@ def _rewrite_header(path, change):
     (lambda h: h["arrays"].pop("embeddings"), r"arrays \['embeddings'\] are not listed"),
     (lambda h: h["meta"].update({"class": "EmbeddingBag"}), "holds a 'EmbeddingBag', not an Embedding"),
     (lambda h: h["meta"]["config"].update(input_dim=51), r"the config says \(51, 6\)"),
+    (lambda h: h["meta"]["config"].update(colour="blue"), "the saved config does not make a layer: .*colour"),
+    (lambda h: h["meta"]["config"].update(dtype="int32"), "the saved config does not make a layer|the table is"),
+    (lambda h: h.clear() or h.update(format="fastembed-checkpoint", version=1), "'arrays'|KeyError"),
 ])
 def test_inconsistent_header_raises(tmp_path, change, message):
     path = _valid_checkpoint(tmp_path)
     _rewrite_header(path, change)
     with pytest.raises(CheckpointError, match=message):
         fastembed.Embedding.load(path)
+
+
+def test_a_header_that_is_not_an_object(tmp_path):
+    path = tmp_path / "x.npz"
+    np.savez(path, _fastembed_header=np.frombuffer(b"[1, 2]", np.uint8))
+    with pytest.raises(CheckpointError, match="the header is not a JSON object"):
+        load_arrays(path)
 
 
 def test_other_files_are_not_checkpoints(tmp_path):
