@@ -46,7 +46,8 @@ cdef void _gather_range(int storage, const char *table, const float *scale_bias,
     cdef Py_ssize_t block = min(<Py_ssize_t>(STAGE_BYTES // row_bytes), <Py_ssize_t>MAX_STAGE_ROWS)
     if block == 0:          # rows wider than the stage: convert straight from the table
         for i in range(start, end):
-            _convert_row(storage, table + ids[i] * row_bytes, scale_bias + 2 * ids[i], out + i * dim, dim)
+            _convert_row(storage, table + ids[i] * row_bytes, scale_bias + 2 * <Py_ssize_t>ids[i], out + i * dim,
+                         dim)
         return
     first = start
     while first < end:
@@ -56,11 +57,12 @@ cdef void _gather_range(int storage, const char *table, const float *scale_bias,
             if ahead < end:
                 prefetch_row_read(table + ids[ahead] * row_bytes, row_bytes)
                 if storage == STORAGE_U8:
-                    prefetch_row_read(scale_bias + 2 * ids[ahead], 2 * sizeof(float))
+                    prefetch_row_read(scale_bias + 2 * <Py_ssize_t>ids[ahead], 2 * sizeof(float))
             memcpy(stage + (i - first) * row_bytes, table + ids[i] * row_bytes, row_bytes)
             if storage == STORAGE_U8:
-                stage_scale_bias[2 * (i - first)] = scale_bias[2 * ids[i]]
-                stage_scale_bias[2 * (i - first) + 1] = scale_bias[2 * ids[i] + 1]
+                # 2 * ids[i] in Py_ssize_t: in int32 it overflows for ids from 2**30 on.
+                stage_scale_bias[2 * (i - first)] = scale_bias[2 * <Py_ssize_t>ids[i]]
+                stage_scale_bias[2 * (i - first) + 1] = scale_bias[2 * <Py_ssize_t>ids[i] + 1]
         for i in range(first, last):
             _convert_row(storage, stage + (i - first) * row_bytes, stage_scale_bias + 2 * (i - first),
                          out + i * dim, dim)

@@ -3,7 +3,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastembed._validation import as_ids
+from fastembed import _out_of_range
+from fastembed._validation import as_ids, check_finite_scalar
 
 
 @dataclass
@@ -50,8 +51,9 @@ def gradcheck(layer, ids, loss=None, eps=1e-6, atol=1e-8, rtol=1e-6, untouched_s
 
     layer: an ``Embedding`` (anything with ``embeddings``, ``__call__`` and ``backward``); its weights and
     gradient are left as they were. ids: integer array of any shape. loss: ``f(y) -> (scalar, dL/dy)`` over
-    the layer's output (default ``default_loss()``). Every looked-up row and up to ``untouched_samples``
-    other rows are perturbed entry by entry by ±eps; untouched rows must get exactly zero gradient.
+    the layer's output (default ``default_loss()``). Every row read (after the layer's ``out_of_range`` policy)
+    and up to ``untouched_samples`` other rows are perturbed entry by entry by ±eps; untouched rows must get
+    exactly zero gradient. eps must be positive and finite.
     A layer's documented departures from the true derivative are expected too: ``padding_idx``'s row gets
     zero, and with ``scale_grad_by_freq`` each row gets its finite difference divided by its id's count.
     call_kwargs: extra keyword arguments of both ``layer(ids, **call_kwargs)`` and
@@ -59,6 +61,9 @@ def gradcheck(layer, ids, loss=None, eps=1e-6, atol=1e-8, rtol=1e-6, untouched_s
     ``EmbeddingBag`` (``{"offsets": None}`` with 2-D ids).
     """
     call_kwargs = dict(call_kwargs or {})
+    eps = check_finite_scalar(eps, "eps")
+    if eps <= 0:
+        raise ValueError(f"eps must be positive, got {eps}")
     if getattr(layer, "storage", "float64") not in ("float32", "float64"):
         raise ValueError(f"gradcheck needs a float32 or float64 table, not {layer.storage} storage")
     if getattr(layer, "max_norm", None) is not None and getattr(layer, "max_norm_mode", None) == "inplace":
@@ -74,7 +79,9 @@ def gradcheck(layer, ids, loss=None, eps=1e-6, atol=1e-8, rtol=1e-6, untouched_s
         _, grad_y = loss(layer(ids, **call_kwargs))
         analytic = layer.backward(ids, grad_out=np.asarray(grad_y, dtype=np.float64), **call_kwargs)
         analytic_rows = dict(zip(analytic.rows.tolist(), analytic.values))
-        touched, counts = np.unique(ids, return_counts=True)
+        policy = _out_of_range.parse(getattr(layer, "out_of_range", "raise"), table.shape[0])
+        read = _out_of_range.rows_read(ids.reshape(-1), table.shape[0], policy)
+        touched, counts = np.unique(read, return_counts=True)
         expected_scale = _expected_scale(layer, dict(zip(touched.tolist(), counts.tolist())))
         rng = np.random.default_rng(seed)
         untouched_pool = np.setdiff1d(np.arange(table.shape[0]), touched)

@@ -1,10 +1,18 @@
 """``Embedding``: a Keras-style embedding layer over fastembed's kernels."""
 import numpy as np
 
-from fastembed import initializers, lowp
+from fastembed import _out_of_range, checkpoint, initializers, lowp
 from fastembed._options import (check_max_norm, check_max_norm_mode, check_norm_type,
                                 check_padding_idx)
-from fastembed._validation import FLOAT_DTYPES, as_ids, check_positive_int
+from fastembed._threads import resolve_threads
+from fastembed._validation import (
+    FLOAT_DTYPES,
+    as_float,
+    as_ids,
+    check_finite_scalar,
+    check_positive_int,
+    check_table_size,
+)
 from fastembed.ops import gather, sparse_grad
 from fastembed.renorm import renorm_
 
@@ -37,12 +45,17 @@ class Embedding:
         storage: None (a float table of ``dtype``) or a low-precision storage for inference, read into
             float32: ``"float16"``, ``"bfloat16"`` or ``"int8"`` (row-wise quantized, see ``lowp``). Needs
             ``trainable=False``; ``weights`` are converted unless they already are such a table.
+        out_of_range: what an id outside ``[0, input_dim)`` does, in the call and in ``backward``:
+            ``"raise"`` (an ``IndexError``), ``"clip"`` (reads, and trains, the nearest row), ``"zero"`` (a zero
+            vector, no gradient) or an int row (an out-of-vocabulary row that reads and trains).
+
+    Both sizes must be at least 1 (as in Keras), and the table must fit in one array.
     """
 
     def __init__(self, input_dim, output_dim, embeddings_initializer="uniform", mask_zero=False,
                  trainable=True, weights=None, input_length=None, dtype="float32", seed=None, name=None,
                  padding_idx=None, max_norm=None, norm_type=2.0, max_norm_mode="inplace", scale_grad_by_freq=False,
-                 storage=None):
+                 storage=None, out_of_range="raise"):
         self.input_dim = check_positive_int(input_dim, "input_dim")
         self.output_dim = check_positive_int(output_dim, "output_dim")
         self.padding_idx = check_padding_idx(padding_idx, self.input_dim)
@@ -53,6 +66,9 @@ class Embedding:
         self.dtype = np.dtype(dtype)
         if self.dtype not in FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
+        check_table_size(self.input_dim, self.output_dim, self.dtype)
+        _out_of_range.parse(out_of_range, self.input_dim)
+        self.out_of_range = out_of_range
         if input_length is not None:
             input_length = check_positive_int(input_length, "input_length")
         self.input_length = input_length
@@ -141,8 +157,18 @@ class Embedding:
         """
         ids = self._checked_ids(ids)
         if self.max_norm is not None and self.max_norm_mode == "inplace":
-            renorm_(self.embeddings, ids, self.max_norm, self.norm_type, n_threads=n_threads)
-        return gather(self.embeddings, ids, n_threads=n_threads, **self._clip_options())
+            renorm_(self.embeddings, self._rows_read(ids, n_threads), self.max_norm, self.norm_type,
+                    n_threads=n_threads)
+        return gather(self.embeddings, ids, n_threads=n_threads, out_of_range=self.out_of_range,
+                      **self._clip_options())
+
+    def _rows_read(self, ids, n_threads):
+        """The ids of the rows a call reads, after ``out_of_range`` (the ids themselves under "raise")."""
+        policy = _out_of_range.parse(self.out_of_range, self.input_dim)
+        if policy.code == _out_of_range.RAISE:
+            return ids
+        flat = ids.reshape(-1)
+        return _out_of_range.rows_read(flat, self.input_dim, policy, resolve_threads(n_threads, flat.nbytes))
 
     def compute_mask(self, ids):
         """``ids != 0`` (bool, ids' shape) when ``mask_zero``, else None."""
@@ -160,15 +186,15 @@ class Embedding:
         if self.storage in lowp.STORAGES:
             raise ValueError(f"a {self.storage} table is for inference: backward needs float32 or float64 storage")
         ids = self._checked_ids(ids)
-        grad_out = np.asarray(grad_out)
+        grad_out = as_float(grad_out, "grad_out", dtype=self.dtype)
         if grad_out.shape != ids.shape + (self.output_dim,):
             raise ValueError(f"grad_out must have shape {ids.shape + (self.output_dim,)}, got {grad_out.shape}")
         clip = self._clip_options()
         if clip:
             clip["table"] = self.embeddings
-        grad = sparse_grad(ids, grad_out.astype(self.dtype, copy=False), num_rows=self.input_dim,
-                           n_threads=n_threads, padding_idx=self.padding_idx,
-                           scale_grad_by_freq=self.scale_grad_by_freq, **clip)
+        grad = sparse_grad(ids, grad_out, num_rows=self.input_dim, n_threads=n_threads,
+                           padding_idx=self.padding_idx, scale_grad_by_freq=self.scale_grad_by_freq,
+                           out_of_range=self.out_of_range, **clip)
         if self.trainable:
             self.grad = grad if self.grad is None else self.grad + grad
         return grad
@@ -178,6 +204,7 @@ class Embedding:
 
     def step(self, lr):
         """Plain SGD on the rows in ``self.grad`` (``W[rows] -= lr * values``), then clear the gradient."""
+        lr = check_finite_scalar(lr, "lr")
         if not self.trainable or self.grad is None:
             self.grad = None
             return
@@ -206,6 +233,40 @@ class Embedding:
         # In place, so that whoever holds the table (an optimizer, a view) sees the new values.
         self.embeddings[...] = self._checked_matrix(weights, "weights")
 
+    def get_config(self):
+        """The constructor arguments that rebuild this layer, weights and initializer aside (a JSON-able dict)."""
+        return {"input_dim": self.input_dim, "output_dim": self.output_dim, "mask_zero": self.mask_zero,
+                "trainable": self.trainable, "input_length": self.input_length, "dtype": self.dtype.name,
+                "name": self.name, "padding_idx": self.padding_idx, "max_norm": self.max_norm,
+                "norm_type": self.norm_type, "max_norm_mode": self.max_norm_mode,
+                "scale_grad_by_freq": self.scale_grad_by_freq,
+                "storage": self.storage if self.storage in lowp.STORAGES else None,
+                "out_of_range": _json_scalar(self.out_of_range)}
+
+    def save(self, path):
+        """Write the table and the config to ``path`` (.npz) atomically; the gradient is not saved.
+
+        See ``fastembed.checkpoint``: an interrupted save leaves the previous file intact.
+        """
+        return checkpoint.save_arrays(path, _table_arrays(self.embeddings),
+                                      {"class": type(self).__name__, "config": self.get_config()})
+
+    @classmethod
+    def load(cls, path):
+        """A layer rebuilt from ``save``'s file; ``checkpoint.CheckpointError`` when it is damaged or not a layer's."""
+        arrays, meta = checkpoint.load_arrays(path)
+        if meta.get("class") != cls.__name__ or not isinstance(meta.get("config"), dict):
+            raise checkpoint.CheckpointError(f"{path}: holds a {meta.get('class')!r}, not an {cls.__name__}")
+        config = meta["config"]
+        table = _table_from_arrays(arrays, config, path)
+        expected = (config.get("input_dim"), config.get("output_dim"))
+        if tuple(table.shape) != expected:
+            raise checkpoint.CheckpointError(f"{path}: the table is {tuple(table.shape)}, the config says {expected}")
+        try:
+            return cls(weights=table, **config)
+        except (TypeError, ValueError) as error:
+            raise checkpoint.CheckpointError(f"{path}: the saved config does not make a layer: {error}") from None
+
     def __repr__(self):
         flags = [f"mask_zero={self.mask_zero}"] if self.mask_zero else []
         if not self.trainable:
@@ -220,6 +281,8 @@ class Embedding:
             flags.append("scale_grad_by_freq=True")
         if self.storage in lowp.STORAGES:
             flags.append(f"storage={self.storage!r}")
+        if not (isinstance(self.out_of_range, str) and self.out_of_range == "raise"):
+            flags.append(f"out_of_range={self.out_of_range!r}")
         extra = (", " + ", ".join(flags)) if flags else ""
         return (f"Embedding(name={self.name!r}, input_dim={self.input_dim}, output_dim={self.output_dim}, "
                 f"dtype={self.dtype.name}{extra}, params={self.count_params()})")
@@ -231,3 +294,37 @@ def _unwrap(weights):
             np.ndim(weights[0]) == 2 or lowp.storage_of(weights[0]) is not None):
         return weights[0]
     return weights
+
+
+def _json_scalar(value):
+    """numpy integers are not JSON; an out_of_range row may be one."""
+    return value if isinstance(value, str) else int(value)
+
+
+def _table_arrays(table):
+    """The arrays that hold a layer's table in a checkpoint, for every storage."""
+    if isinstance(table, lowp.QuantizedTable):
+        return {"codes": table.codes, "scale_bias": table.scale_bias}
+    if isinstance(table, lowp.BFloat16Table):
+        return {"bfloat16_bits": table.bits}
+    return {"embeddings": table}
+
+
+def _table_from_arrays(arrays, config, path):
+    """The table ``_table_arrays`` saved, checked against the config's dtype and storage."""
+    storage = config.get("storage") or config.get("dtype")
+    names = {"int8": {"codes", "scale_bias"}, "bfloat16": {"bfloat16_bits"}}.get(storage, {"embeddings"})
+    if set(arrays) != names:
+        raise checkpoint.CheckpointError(f"{path}: a {storage} table is stored as {sorted(names)}, "
+                                         f"the file holds {sorted(arrays)}")
+    if storage == "int8":
+        scale_bias = arrays["scale_bias"]
+        if scale_bias.ndim != 2 or scale_bias.shape[1:] != (2,):
+            raise checkpoint.CheckpointError(f"{path}: scale_bias has shape {scale_bias.shape}, not (V, 2)")
+        return lowp.QuantizedTable(arrays["codes"], scale_bias[:, 0], scale_bias[:, 1])
+    if storage == "bfloat16":
+        return lowp.BFloat16Table(arrays["bfloat16_bits"])
+    table = arrays["embeddings"]
+    if table.dtype != np.dtype(storage):
+        raise checkpoint.CheckpointError(f"{path}: the table is {table.dtype}, the config says {storage}")
+    return table

@@ -5,14 +5,15 @@ contiguous arrays to a trusting ``nogil`` kernel. Nothing is written before ever
 """
 import numpy as np
 
-from fastembed import _gather, _index, _rowscale, _scatter, lowp
+from fastembed import _gather, _index, _out_of_range, _remap, _rowscale, _scatter, lowp
 from fastembed._options import check_max_norm, check_norm_type, check_padding_idx, reduce_segments
-from fastembed._threads import resolve_threads
+from fastembed._threads import MAX_THREADS, resolve_threads
 from fastembed._validation import (
     as_float,
     as_ids,
     as_table,
     check_grad_shape,
+    check_no_overlap,
     check_positive_int,
     check_rows,
     prepare_out,
@@ -22,22 +23,31 @@ from fastembed.sparse import SparseGrad
 _NO_ROW_LIMIT = np.iinfo(np.int64).max
 
 
-def gather(table, ids, out=None, n_threads=None, max_norm=None, norm_type=2.0):
+def gather(table, ids, out=None, n_threads=None, max_norm=None, norm_type=2.0, out_of_range="raise"):
     """Look up rows: ``out[..., :] = table[ids[...], :]``.
 
     table: (V, D) float32/float64, or a low-precision table (float16 array, bfloat16 as a
     ``lowp.BFloat16Table`` or ``ml_dtypes.bfloat16`` array, int8 ``lowp.QuantizedTable``), read into float32.
     ids: integer array of any shape (0-d and empty included).
-    out: optional C-contiguous array of shape ``ids.shape + (D,)`` and the output dtype.
+    out: optional C-contiguous array of shape ``ids.shape + (D,)`` and the output dtype, not overlapping table.
     max_norm / norm_type: when max_norm is given, each output row whose norm_type-norm exceeds it is scaled
     by ``max_norm / (norm + 1e-7)``: the rows ``renorm_`` would produce, but the table is left untouched.
-    Returns an array of shape ``ids.shape + (D,)``, the table's dtype (float32 for low precision). Raises
-    ``IndexError`` naming the first id outside ``[0, V)`` before anything is written.
+    out_of_range: what an id outside ``[0, V)`` reads: ``"raise"`` (an ``IndexError`` naming the first one,
+    before anything is written), ``"clip"`` (the nearest row), ``"zero"`` (a zero vector) or an int row.
+    Returns an array of shape ``ids.shape + (D,)``, the table's dtype (float32 for low precision).
     """
     # Work under 64 KiB runs on one thread whatever n_threads says, so any valid count may take the fast path.
-    if max_norm is None and (n_threads is None or (type(n_threads) is int and n_threads > 0)):
-        small = _gather.gather_small(table, ids, out)
+    # It returns None for any out-of-range id, which then takes the general path below; an out= aliasing the
+    # table goes there too, to be refused.
+    if (max_norm is None and (n_threads is None or (type(n_threads) is int and 0 < n_threads <= MAX_THREADS))
+            and (out is None or not (type(table) is np.ndarray and np.may_share_memory(out, table)))):
+        try:
+            small = _gather.gather_small(table, ids, out)
+        except OverflowError:       # a Python int beyond int64: the general path names it
+            small = None
         if small is not None:
+            if not (type(out_of_range) is str and out_of_range == "raise"):
+                _out_of_range.parse(out_of_range, table.shape[0])    # every id was valid: only check it
             return small
     if max_norm is not None:
         max_norm, norm_type = check_max_norm(max_norm), check_norm_type(norm_type)
@@ -47,27 +57,56 @@ def gather(table, ids, out=None, n_threads=None, max_norm=None, norm_type=2.0):
     ids = as_ids(ids)
     flat = ids.reshape(-1)
     n_rows, dim = table.shape if reader is None else reader.shape
+    policy = _out_of_range.parse(out_of_range, n_rows)
     out_dtype = table.dtype if reader is None else np.dtype(np.float32)
     threads = resolve_threads(n_threads, flat.shape[0] * dim * out_dtype.itemsize)
-    check_rows(flat, n_rows, threads, ids.shape)
+    mapped = _out_of_range.needs_mapping(flat, n_rows, policy, threads, ids.shape)
     out = prepare_out(out, ids.shape + (dim,), out_dtype)
     out2d = out.reshape(flat.shape[0], dim)
     if reader is not None:
-        reader.read(flat, out2d, threads)
+        if mapped:
+            _out_of_range.read_mapped(reader.read, flat, out2d, n_rows, policy, threads)
+        else:
+            reader.read(flat, out2d, threads)
     else:
+        check_no_overlap(out, "out", table, "table")
         if not table.flags.c_contiguous:
             table = np.ascontiguousarray(table)
-        _gather.gather_rows(table, flat, out2d, threads)
+        if mapped:
+            _remap.gather_rows_mapped(table, flat, out2d, policy.code, policy.row, threads)
+        else:
+            _gather.gather_rows(table, flat, out2d, threads)
     if max_norm is not None:
         _rowscale.clip_rows(out2d, max_norm, norm_type, threads)
     return out
 
 
-def _group(flat_ids, num_rows, threads, shape):
-    """Validate ids against ``num_rows`` (or only for sign) and group them by row."""
-    check_rows(flat_ids, _NO_ROW_LIMIT if num_rows is None else num_rows, threads, shape)
+def _rows_to_read(flat_ids, num_rows, threads, shape, policy):
+    """Validate ids against ``num_rows`` (or only for sign) and map them by ``policy``.
+
+    Returns ``(ids, dropped)``: ``flat_ids`` itself when every id is valid, else the remapped copy, in which
+    ids that read no row ("zero") hold ``num_rows`` and ``dropped`` is True.
+    """
+    limit = _NO_ROW_LIMIT if num_rows is None else num_rows
+    if not _out_of_range.needs_mapping(flat_ids, limit, policy, threads, shape):
+        return flat_ids, False
+    return _out_of_range.remap(flat_ids, num_rows, policy, threads), policy.code == _out_of_range.ZERO
+
+
+def _grouped(flat_ids, num_rows, threads, dropped):
+    """``group_rows``' ``(rows, order, seg_ptr)``; the positions that read no row (``dropped``: they hold
+    ``num_rows``, the last segment) are left out of the segments, at the end of ``order``."""
     max_id = int(flat_ids.max()) if flat_ids.shape[0] else 0
-    return _index.group_rows(flat_ids, max_id, threads)
+    rows, order, seg_ptr = _index.group_rows(flat_ids, max_id, threads)
+    if dropped and rows.shape[0] and rows[-1] == num_rows:
+        rows, seg_ptr = rows[:-1], seg_ptr[:-1]
+    return rows, order, seg_ptr
+
+
+def _group(flat_ids, num_rows, threads, shape, policy=_out_of_range.RAISE_POLICY):
+    """Validate ids against ``num_rows`` (or only for sign), map them by ``policy``, group them by row."""
+    flat_ids, dropped = _rows_to_read(flat_ids, num_rows, threads, shape, policy)
+    return _grouped(flat_ids, num_rows, threads, dropped)
 
 
 # A dense (V, D) scratch table this small stays in cache, where summing into it beats sorting the ids.
@@ -89,11 +128,13 @@ def _dense_row_sums(flat_ids, grad2d, num_rows, threads):
 
 
 def sparse_grad(ids, grad_out, num_rows=None, n_threads=None, padding_idx=None, scale_grad_by_freq=False,
-                max_norm=None, norm_type=2.0, table=None):
+                max_norm=None, norm_type=2.0, table=None, out_of_range="raise"):
     """Gradient of ``gather`` w.r.t. the table, as the looked-up rows only.
 
     ids: integer array of any shape. grad_out: float32/float64, shape ``ids.shape + (D,)``.
-    num_rows: the table's row count V; when given, ids must be below it. Memory is O(N * D), never O(V).
+    num_rows: the table's row count V (at most 2**63 - 1); when given, ids must be below it. Memory is
+    O(N * D), never O(V). out_of_range: as in ``gather`` (needs num_rows or table unless "raise"): "clip" and
+    an int row send the gradient to the row that was read, "zero" drops those positions.
     padding_idx: positions holding this id contribute nothing and its row is left out (negative counts from
     the end of the table, which needs num_rows or table).
     scale_grad_by_freq: each row's sum is divided by the number of times its id occurs in ids.
@@ -108,10 +149,11 @@ def sparse_grad(ids, grad_out, num_rows=None, n_threads=None, padding_idx=None, 
         raise ValueError(f"grad_out must have shape ids.shape + (D,), got {grad.shape}")
     check_grad_shape(grad, ids.shape, None)
     if num_rows is not None:
-        num_rows = check_positive_int(num_rows, "num_rows")
+        num_rows = check_positive_int(num_rows, "num_rows", maximum=_NO_ROW_LIMIT)
     dim = grad.shape[-1]
     if table is not None:
         table, num_rows = _clip_table(table, grad, num_rows)
+    policy = _out_of_range.parse(out_of_range, num_rows)
     if max_norm is not None:
         if table is None:
             raise ValueError("max_norm needs the table the rows were read from: pass table=")
@@ -119,18 +161,19 @@ def sparse_grad(ids, grad_out, num_rows=None, n_threads=None, padding_idx=None, 
     padding_idx = check_padding_idx(padding_idx, num_rows)
     flat = ids.reshape(-1)
     threads = resolve_threads(n_threads, flat.shape[0] * max(dim, 1) * grad.itemsize)
-    grad2d = np.ascontiguousarray(grad).reshape(-1, dim)
-    if (padding_idx is None and not scale_grad_by_freq
+    # An explicit row count: reshape(-1, 0) cannot infer it when D == 0.
+    grad2d = np.ascontiguousarray(grad).reshape(flat.shape[0], dim)
+    flat, dropped = _rows_to_read(flat, num_rows, threads, ids.shape, policy)
+    if (padding_idx is None and not scale_grad_by_freq and not dropped
             and _dense_sums_are_cheaper(num_rows, dim, flat.shape[0], grad.itemsize)):
-        check_rows(flat, num_rows, threads, ids.shape)
         rows, values = _dense_row_sums(flat, grad2d, num_rows, threads)
     else:
-        rows, order, seg_ptr = _group(flat, num_rows, threads, ids.shape)
+        rows, order, seg_ptr = _grouped(flat, num_rows, threads, dropped)
         rows, values = reduce_segments(grad2d, rows, order, seg_ptr, padding_idx, bool(scale_grad_by_freq),
                                        threads)
     if max_norm is not None:
         _rowscale.clip_rows_backward(table, rows, values, max_norm, norm_type, threads)
-    return SparseGrad(rows, values, num_rows)
+    return SparseGrad._trusted(rows, values, num_rows)
 
 
 def _clip_table(table, grad, num_rows):
@@ -158,10 +201,11 @@ def scatter_add(dense_grad, ids, grad_out, n_threads=None):
     n_rows, dim = dense.shape
     grad = as_float(grad_out, "grad_out", dtype=dense.dtype)
     check_grad_shape(grad, ids.shape, dim)
+    check_no_overlap(dense, "dense_grad", grad, "grad_out")
     flat = ids.reshape(-1)
     threads = resolve_threads(n_threads, flat.shape[0] * dim * dense.itemsize)
     check_rows(flat, n_rows, threads, ids.shape)
-    grad2d = np.ascontiguousarray(grad).reshape(-1, dim)
+    grad2d = np.ascontiguousarray(grad).reshape(flat.shape[0], dim)
     if dense.flags.c_contiguous:
         _scatter.scatter_add_rows(dense, flat, grad2d, threads)
     else:
