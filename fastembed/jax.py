@@ -12,8 +12,8 @@ Limits:
 - table: (V, D) float32 or float64 (float64 needs ``jax.config.update("jax_enable_x64", True)`` or the
   ``jax.enable_x64`` context, as everywhere in JAX); ids: int32/int64 of any shape (other integer dtypes are
   converted; int64 also needs x64).
-- ids must lie in ``[0, V)``: an id outside raises ``IndexError`` from the callback (surfacing through JAX's
-  runtime), where ``jnp.take`` would fill NaN or wrap negative ids.
+- ids must lie in ``[0, V)``: an id outside makes the callback fail with fastembed's ``IndexError`` message,
+  raised by JAX as a runtime error, where ``jnp.take`` would fill NaN or wrap negative ids.
 - Reverse mode only (``jax.grad``, ``jax.vjp``, any order, since the gradient's own gradient is the lookup
   again); ``jax.jvp``/``jacfwd`` are refused by ``custom_vjp``. Under ``vmap`` the callback runs once per
   batch element.

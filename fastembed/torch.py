@@ -7,7 +7,8 @@ a coalesced COO tensor that ``Adagrad``/``SparseAdam`` use without sorting it ag
 
 Limits: CPU tensors of float32/float64 only (a clear error otherwise); the kernels run with
 ``torch.get_num_threads()`` threads; ``torch.compile`` runs the lookup eagerly (a graph break, so
-``fullgraph=True`` refuses it); the backward pass is not itself differentiable (no double backward).
+``fullgraph=True`` refuses it) and TorchScript cannot script it; the backward pass is not itself
+differentiable (no double backward).
 
 ``EmbeddingBag`` belongs beside ``Embedding`` here once fastembed has bag kernels; until then
 ``swap_embeddings`` leaves ``torch.nn.EmbeddingBag`` modules as they are.
@@ -96,12 +97,13 @@ class Lookup(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight, ids, padding_idx, scale_grad_by_freq, sparse):
-        out = weight.new_empty(tuple(ids.shape) + (weight.shape[1],))
-        gather(weight, ids, out=out, n_threads=_threads())
+        # numpy allocates the output: large numpy buffers are backed by huge pages, so filling a fresh one
+        # costs far fewer page faults than a tensor from torch's allocator.
+        out = gather(weight, ids, n_threads=_threads())
         ctx.save_for_backward(ids)
         ctx.num_rows = weight.shape[0]
         ctx.options = (padding_idx, scale_grad_by_freq, sparse)
-        return out
+        return torch.from_numpy(out)
 
     @staticmethod
     @once_differentiable
@@ -124,8 +126,8 @@ class Lookup(torch.autograd.Function):
             return (torch.sparse_coo_tensor(torch.from_numpy(rows)[None], torch.from_numpy(values),
                                             (num_rows, dim), is_coalesced=True, check_invariants=False),
                     None, None, None, None)
-        # numpy's zeros come from calloc (untouched pages cost nothing) and large ones are backed by huge
-        # pages: cheaper than torch.zeros, which writes every byte of a table-sized buffer.
+        # numpy's zeros come from calloc (untouched pages cost nothing, touched ones are huge pages): cheaper
+        # than torch.zeros, which writes every byte of a table-sized buffer.
         dense = np.zeros((num_rows, dim), dtype=grad.dtype)
         scatter_add(dense, flat, grad, n_threads=threads)
         if padding_idx is not None:
@@ -193,8 +195,10 @@ class Embedding(torch.nn.Embedding):
     def __init__(self, num_embeddings, embedding_dim, padding_idx=None, max_norm=None, norm_type=2.0,
                  scale_grad_by_freq=False, sparse=False, _weight=None, _freeze=False, device=None, dtype=None):
         # Checked before the table is allocated and initialised.
-        resolved = dtype if dtype is not None else (_weight.dtype if _weight is not None
-                                                     else torch.get_default_dtype())
+        if _weight is not None:
+            resolved = _weight.dtype       # torch.nn.Embedding ignores dtype= when _weight is given
+        else:
+            resolved = dtype if dtype is not None else torch.get_default_dtype()
         if resolved not in _FLOAT_DTYPES:
             raise TypeError(f"fastembed.torch.Embedding needs float32 or float64 weights, got {resolved}")
         super().__init__(num_embeddings, embedding_dim, padding_idx=padding_idx, max_norm=max_norm,

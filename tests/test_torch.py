@@ -225,6 +225,8 @@ def test_module_api_matches_torch():
     assert type(pretrained) is fet.Embedding and pretrained.padding_idx == 1
     assert not pretrained.weight.requires_grad and pretrained.weight.data_ptr() == frozen.data_ptr()
     assert fet.Embedding(3, 2, _weight=torch.ones(3, 2), _freeze=True).weight.requires_grad is False
+    # like torch, dtype= is ignored when _weight is given
+    assert fet.Embedding(3, 2, _weight=torch.ones(3, 2), dtype=torch.float16).weight.dtype == torch.float32
 
 
 @pytest.mark.parametrize("shape", [(), (0,), (7,), (2, 0, 3), (2, 3, 4)])
