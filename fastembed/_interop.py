@@ -4,6 +4,8 @@ on the host, ...) becomes a numpy view of the same memory, so the kernels read a
 Only memory the CPU can address is accepted; a device array raises a ``ValueError`` that names the argument
 and the device, before anything is read or written.
 """
+import sys
+
 import numpy as np
 
 # DLPack device types whose memory numpy can address directly (numpy's own whitelist).
@@ -20,7 +22,19 @@ def from_dlpack(obj, name):
     exporter marks it so (jax arrays). A torch tensor that requires grad is read through ``detach()``: the
     result is numpy, outside autograd either way.
     """
-    if isinstance(obj, np.ndarray) or not hasattr(type(obj), "__dlpack_device__"):
+    if isinstance(obj, np.ndarray):
+        return obj
+    # torch tensors take torch's own zero-copy view, several times cheaper than a DLPack capsule (which
+    # matters for small batches); torch is only looked up, never imported here.
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(obj, torch.Tensor):
+        if not obj.is_cpu:
+            _refuse_device(name, str(obj.device))
+        try:
+            return (obj.detach() if obj.requires_grad else obj).numpy()
+        except (TypeError, RuntimeError) as exc:
+            raise TypeError(f"{name} cannot be shared with numpy without a copy: {exc}") from exc
+    if not hasattr(type(obj), "__dlpack_device__"):
         return obj
     try:
         device_type, device_id = obj.__dlpack_device__()
@@ -28,12 +42,14 @@ def from_dlpack(obj, name):
         raise ValueError(f"{name} cannot be read on the CPU: {exc}") from exc
     device_type = int(device_type)
     if device_type not in _HOST_DEVICES:
-        device = _DEVICE_NAMES.get(device_type, f"DLPack device type {device_type}")
-        raise ValueError(f"{name} lives on a {device} device (id {int(device_id)}); fastembed's kernels run "
-                         f"on the CPU: move it to host memory first (e.g. tensor.cpu())")
-    if getattr(obj, "requires_grad", False) and hasattr(obj, "detach"):
-        obj = obj.detach()
+        _refuse_device(name, f"a {_DEVICE_NAMES.get(device_type, f'DLPack type {device_type}')} device "
+                             f"(id {int(device_id)})")
     try:
         return np.from_dlpack(obj)
     except (TypeError, ValueError, RuntimeError, BufferError) as exc:
-        raise TypeError(f"{name} cannot be shared through DLPack: {exc}") from exc
+        raise TypeError(f"{name} cannot be shared with numpy without a copy: {exc}") from exc
+
+
+def _refuse_device(name, where):
+    raise ValueError(f"{name} is on {where}; fastembed's kernels run on the CPU: move it to host memory "
+                     f"first (e.g. tensor.cpu())")

@@ -25,7 +25,7 @@ from fastembed.ops import gather, scatter_add, sparse_grad
 __all__ = ["Embedding", "Lookup", "embedding", "embedding_renorm_", "swap_embeddings"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
-# torch.embedding_renorm_ divides by norm + this, so that a row exactly at max_norm is not rescaled to it.
+# torch.embedding_renorm_ scales a row by max_norm / (norm + this), which leaves it just below max_norm.
 _RENORM_EPS = 1e-7
 
 
@@ -40,7 +40,7 @@ def _check_tensors(input, weight):
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
     for name, tensor in (("weight", weight), ("input", input)):
-        if tensor.device.type != "cpu":
+        if not tensor.is_cpu:
             raise ValueError(f"fastembed.torch runs on the CPU, but {name} is on {tensor.device}: "
                              f"use torch.nn.Embedding there, or move the module with .cpu()")
     if weight.dtype not in _FLOAT_DTYPES:
