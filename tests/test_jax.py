@@ -60,7 +60,7 @@ def test_default_32_bit_mode_under_jit(rng):
 
 def test_gradient_of_the_gradient_and_vmap(rng):
     with jax.enable_x64(True):
-        table, ids, weights = _data(rng, np.float64, np.int64)
+        table, ids, weights = _data(rng, np.float64, np.int64, shape=(3, 4))
 
         def curvature(lookup):
             return lambda t: jnp.sum(jax.grad(_loss(lookup))(t, ids, weights) ** 2)
