@@ -2,7 +2,8 @@
 
 The forward pass of an embedding is a row gather (``gather``); its backward pass is a sparse scatter-add
 of output gradients into the rows that were looked up (``sparse_grad``, ``scatter_add``). ``Embedding`` is
-a Keras-style layer over both; ``gradcheck`` verifies a layer's gradient numerically.
+a Keras-style layer over both; ``gradcheck`` verifies a layer's gradient numerically. ``renorm_`` bounds
+looked-up rows' norms in place, as PyTorch's ``max_norm``; ``lowp`` holds float16, bfloat16 and int8 tables.
 """
 import os as _os
 import warnings as _warnings
@@ -11,7 +12,9 @@ from fastembed._build_info import openmp_enabled
 from fastembed._threads import get_num_threads, set_num_threads
 from fastembed.gradcheck import GradcheckReport, gradcheck
 from fastembed.layers import Embedding
+from fastembed import lowp
 from fastembed.ops import gather, scatter_add, sparse_grad
+from fastembed.renorm import renorm_
 from fastembed.sparse import SparseGrad
 
 __version__ = "0.1.0"
@@ -23,7 +26,9 @@ __all__ = [
     "gather",
     "get_num_threads",
     "gradcheck",
+    "lowp",
     "openmp_enabled",
+    "renorm_",
     "scatter_add",
     "set_num_threads",
     "sparse_grad",

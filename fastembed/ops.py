@@ -5,7 +5,8 @@ contiguous arrays to a trusting ``nogil`` kernel. Nothing is written before ever
 """
 import numpy as np
 
-from fastembed import _gather, _index, _scatter
+from fastembed import _gather, _index, _rowscale, _scatter, lowp
+from fastembed._options import check_max_norm, check_norm_type, check_padding_idx, reduce_segments
 from fastembed._threads import resolve_threads
 from fastembed._validation import (
     as_float,
@@ -21,24 +22,44 @@ from fastembed.sparse import SparseGrad
 _NO_ROW_LIMIT = np.iinfo(np.int64).max
 
 
-def gather(table, ids, out=None, n_threads=None):
+def gather(table, ids, out=None, n_threads=None, max_norm=None, norm_type=2.0):
     """Look up rows: ``out[..., :] = table[ids[...], :]``.
 
-    table: (V, D) float32/float64. ids: integer array of any shape (0-d and empty included).
-    out: optional C-contiguous array of shape ``ids.shape + (D,)`` and the table's dtype.
-    Returns an array of shape ``ids.shape + (D,)``, the table's dtype. Raises ``IndexError`` naming the
-    first id outside ``[0, V)`` before anything is written.
+    table: (V, D) float32/float64, or a low-precision table (float16 array, bfloat16 as a
+    ``lowp.BFloat16Table`` or ``ml_dtypes.bfloat16`` array, int8 ``lowp.QuantizedTable``), read into float32.
+    ids: integer array of any shape (0-d and empty included).
+    out: optional C-contiguous array of shape ``ids.shape + (D,)`` and the output dtype.
+    max_norm / norm_type: when max_norm is given, each output row whose norm_type-norm exceeds it is scaled
+    by ``max_norm / (norm + 1e-7)``: the rows ``renorm_`` would produce, but the table is left untouched.
+    Returns an array of shape ``ids.shape + (D,)``, the table's dtype (float32 for low precision). Raises
+    ``IndexError`` naming the first id outside ``[0, V)`` before anything is written.
     """
-    table = as_table(table)
+    # Work under 64 KiB runs on one thread whatever n_threads says, so any valid count may take the fast path.
+    if max_norm is None and (n_threads is None or (type(n_threads) is int and n_threads > 0)):
+        small = _gather.gather_small(table, ids, out)
+        if small is not None:
+            return small
+    if max_norm is not None:
+        max_norm, norm_type = check_max_norm(max_norm), check_norm_type(norm_type)
+    reader = lowp.reader(table)
+    if reader is None:
+        table = as_table(table)
     ids = as_ids(ids)
     flat = ids.reshape(-1)
-    n_rows, dim = table.shape
-    threads = resolve_threads(n_threads, flat.shape[0] * dim * table.itemsize)
+    n_rows, dim = table.shape if reader is None else reader.shape
+    out_dtype = table.dtype if reader is None else np.dtype(np.float32)
+    threads = resolve_threads(n_threads, flat.shape[0] * dim * out_dtype.itemsize)
     check_rows(flat, n_rows, threads, ids.shape)
-    out = prepare_out(out, ids.shape + (dim,), table.dtype)
-    if not table.flags.c_contiguous:
-        table = np.ascontiguousarray(table)
-    _gather.gather_rows(table, flat, out.reshape(-1, dim), threads)
+    out = prepare_out(out, ids.shape + (dim,), out_dtype)
+    out2d = out.reshape(flat.shape[0], dim)
+    if reader is not None:
+        reader.read(flat, out2d, threads)
+    else:
+        if not table.flags.c_contiguous:
+            table = np.ascontiguousarray(table)
+        _gather.gather_rows(table, flat, out2d, threads)
+    if max_norm is not None:
+        _rowscale.clip_rows(out2d, max_norm, norm_type, threads)
     return out
 
 
@@ -49,11 +70,35 @@ def _group(flat_ids, num_rows, threads, shape):
     return _index.group_rows(flat_ids, max_id, threads)
 
 
-def sparse_grad(ids, grad_out, num_rows=None, n_threads=None):
+# A dense (V, D) scratch table this small stays in cache, where summing into it beats sorting the ids.
+_DENSE_SCRATCH_MAX_BYTES = 4 << 20
+
+
+def _dense_sums_are_cheaper(num_rows, dim, n_ids, itemsize):
+    """Small tables hit by at least as many ids as they have rows: the scratch is O(N * D) memory too."""
+    return num_rows is not None and num_rows <= n_ids and num_rows * dim * itemsize <= _DENSE_SCRATCH_MAX_BYTES
+
+
+def _dense_row_sums(flat_ids, grad2d, num_rows, threads):
+    """``(rows, values)`` summed in a zeroed (V, D) scratch; same position order, same bits as grouping."""
+    scratch = np.zeros((num_rows, grad2d.shape[1]), dtype=grad2d.dtype)
+    touched = np.zeros(num_rows, dtype=np.uint8)
+    _scatter.scatter_add_rows(scratch, flat_ids, grad2d, threads, touched)
+    rows = np.flatnonzero(touched)
+    return rows, scratch[rows]
+
+
+def sparse_grad(ids, grad_out, num_rows=None, n_threads=None, padding_idx=None, scale_grad_by_freq=False,
+                max_norm=None, norm_type=2.0, table=None):
     """Gradient of ``gather`` w.r.t. the table, as the looked-up rows only.
 
     ids: integer array of any shape. grad_out: float32/float64, shape ``ids.shape + (D,)``.
     num_rows: the table's row count V; when given, ids must be below it. Memory is O(N * D), never O(V).
+    padding_idx: positions holding this id contribute nothing and its row is left out (negative counts from
+    the end of the table, which needs num_rows or table).
+    scale_grad_by_freq: each row's sum is divided by the number of times its id occurs in ids.
+    max_norm / norm_type / table: the gradient of ``gather(table, ids, max_norm=..., norm_type=...)``, the
+    exact derivative of the clipped rows (table: the (V, D) table they were read from, grad_out's dtype).
     Returns a ``SparseGrad`` with ``rows`` (U,) int64 sorted unique and ``values`` (U, D) of grad_out's
     dtype. Duplicates are summed in increasing position order: bit-for-bit the same for any thread count.
     """
@@ -65,13 +110,39 @@ def sparse_grad(ids, grad_out, num_rows=None, n_threads=None):
     if num_rows is not None:
         num_rows = check_positive_int(num_rows, "num_rows")
     dim = grad.shape[-1]
+    if table is not None:
+        table, num_rows = _clip_table(table, grad, num_rows)
+    if max_norm is not None:
+        if table is None:
+            raise ValueError("max_norm needs the table the rows were read from: pass table=")
+        max_norm, norm_type = check_max_norm(max_norm), check_norm_type(norm_type)
+    padding_idx = check_padding_idx(padding_idx, num_rows)
     flat = ids.reshape(-1)
     threads = resolve_threads(n_threads, flat.shape[0] * max(dim, 1) * grad.itemsize)
-    rows, order, seg_ptr = _group(flat, num_rows, threads, ids.shape)
     grad2d = np.ascontiguousarray(grad).reshape(-1, dim)
-    values = np.empty((rows.shape[0], dim), dtype=grad.dtype)
-    _scatter.segment_sum_rows(grad2d, order, seg_ptr, values, threads)
+    if (padding_idx is None and not scale_grad_by_freq
+            and _dense_sums_are_cheaper(num_rows, dim, flat.shape[0], grad.itemsize)):
+        check_rows(flat, num_rows, threads, ids.shape)
+        rows, values = _dense_row_sums(flat, grad2d, num_rows, threads)
+    else:
+        rows, order, seg_ptr = _group(flat, num_rows, threads, ids.shape)
+        rows, values = reduce_segments(grad2d, rows, order, seg_ptr, padding_idx, bool(scale_grad_by_freq),
+                                       threads)
+    if max_norm is not None:
+        _rowscale.clip_rows_backward(table, rows, values, max_norm, norm_type, threads)
     return SparseGrad(rows, values, num_rows)
+
+
+def _clip_table(table, grad, num_rows):
+    """Check the ``table`` argument of ``sparse_grad``: C-contiguous, grad's dtype and width, num_rows rows."""
+    table = as_table(table)
+    if table.dtype != grad.dtype:
+        raise TypeError(f"table has dtype {table.dtype} but grad_out has dtype {grad.dtype}: they must match")
+    if table.shape[1] != grad.shape[-1]:
+        raise ValueError(f"table has {table.shape[1]} columns but grad_out rows have {grad.shape[-1]}")
+    if num_rows is not None and num_rows != table.shape[0]:
+        raise ValueError(f"num_rows={num_rows} but the table has {table.shape[0]} rows")
+    return np.ascontiguousarray(table), table.shape[0]
 
 
 def scatter_add(dense_grad, ids, grad_out, n_threads=None):
