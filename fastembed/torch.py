@@ -19,6 +19,8 @@ from torch.autograd.function import once_differentiable
 
 from fastembed import _index
 from fastembed._interop import from_dlpack
+from fastembed._options import check_padding_idx
+from fastembed._threads import get_num_threads, resolve_threads
 from fastembed._validation import as_ids, as_table, check_rows
 from fastembed.ops import gather, scatter_add, sparse_grad
 
@@ -30,8 +32,10 @@ _RENORM_EPS = 1e-7
 
 
 def _threads():
-    # The lookup runs between torch ops: it follows torch's intra-op thread count.
-    return torch.get_num_threads()
+    """At most torch's intra-op thread count (the lookup runs between torch ops). When torch may use every
+    core, None lets fastembed's own policy keep small work on one thread."""
+    n_threads = torch.get_num_threads()
+    return None if n_threads >= get_num_threads() else n_threads
 
 
 def _check_tensors(input, weight):
@@ -47,40 +51,6 @@ def _check_tensors(input, weight):
         raise TypeError(f"weight must be float32 or float64, got {weight.dtype}")
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D (num_embeddings, embedding_dim), got shape {tuple(weight.shape)}")
-
-
-def _padding_row(padding_idx, num_rows):
-    """``padding_idx`` as a row in ``[0, num_rows)`` (negative counts from the end), or None."""
-    if padding_idx is None:
-        return None
-    if not -num_rows <= padding_idx < num_rows:
-        raise ValueError(f"padding_idx={padding_idx} must be within num_embeddings={num_rows}")
-    return padding_idx + num_rows if padding_idx < 0 else padding_idx
-
-
-def _scaled_by_inverse_frequency(flat_ids, grad, threads):
-    """``grad`` (N, D) with row i divided by how often ``flat_ids[i]`` occurs in the batch (a new array).
-
-    Like torch, the factor ``1 / count`` is computed in double and applied in the gradient's dtype.
-    """
-    if flat_ids.shape[0] == 0:
-        return grad
-    _, order, seg_ptr = _index.group_rows(flat_ids, int(flat_ids.max()), threads)
-    counts = np.diff(seg_ptr)
-    factor = np.empty(flat_ids.shape[0], np.float64)
-    factor[order] = np.repeat(1.0 / counts, counts)
-    return grad * factor.astype(grad.dtype)[:, None]
-
-
-def _without_row(rows, values, row):
-    """Drop ``row`` from a sorted-unique ``rows`` and its line of ``values`` (a view when it is first or last)."""
-    at = int(np.searchsorted(rows, row))
-    if at == rows.shape[0] or rows[at] != row:
-        return rows, values
-    if at == 0 or at == rows.shape[0] - 1:
-        keep = slice(1, None) if at == 0 else slice(0, -1)
-        return rows[keep], values[keep]
-    return np.delete(rows, at), np.delete(values, at, axis=0)
 
 
 class Lookup(torch.autograd.Function):
@@ -116,22 +86,23 @@ class Lookup(torch.autograd.Function):
         threads = _threads()
         flat = as_ids(ids).reshape(-1)
         grad = from_dlpack(grad_out, "grad_out").reshape(flat.shape[0], dim)
-        if scale_grad_by_freq:
-            grad = _scaled_by_inverse_frequency(flat, grad, threads)
-        if sparse:
-            found = sparse_grad(flat, grad, num_rows=num_rows, n_threads=threads)
-            rows, values = found.rows, found.values
-            if padding_idx is not None:
-                rows, values = _without_row(rows, values, padding_idx)
-            return (torch.sparse_coo_tensor(torch.from_numpy(rows)[None], torch.from_numpy(values),
-                                            (num_rows, dim), is_coalesced=True, check_invariants=False),
-                    None, None, None, None)
+        if sparse or scale_grad_by_freq:
+            found = sparse_grad(flat, grad, num_rows=num_rows, n_threads=threads, padding_idx=padding_idx,
+                                scale_grad_by_freq=scale_grad_by_freq)
+            if sparse:
+                return (torch.sparse_coo_tensor(torch.from_numpy(found.rows)[None], torch.from_numpy(found.values),
+                                                (num_rows, dim), is_coalesced=True, check_invariants=False),
+                        None, None, None, None)
         # numpy's zeros come from calloc (untouched pages cost nothing, touched ones are huge pages): cheaper
         # than torch.zeros, which writes every byte of a table-sized buffer.
         dense = np.zeros((num_rows, dim), dtype=grad.dtype)
-        scatter_add(dense, flat, grad, n_threads=threads)
-        if padding_idx is not None:
-            dense[padding_idx] = 0
+        if scale_grad_by_freq:
+            dense[found.rows] = found.values
+        else:
+            # Each row sums its positions in increasing order, as torch does: the same bits as nn.Embedding.
+            scatter_add(dense, flat, grad, n_threads=threads)
+            if padding_idx is not None:
+                dense[padding_idx] = 0
         return torch.from_numpy(dense), None, None, None, None
 
 
@@ -140,12 +111,13 @@ def embedding_renorm_(weight, input, max_norm, norm_type=2.0):
     ``input`` whose ``norm_type``-norm exceeds ``max_norm`` is scaled by ``max_norm / (norm + 1e-7)``.
 
     The norm is taken in the weight's dtype by torch's reduction, the factor computed in double and applied
-    in the weight's dtype, as torch does: the same bits as ``torch.embedding_renorm_``. Ids are checked
-    before anything is written. Returns ``weight``.
+    in the weight's dtype, as torch does: the same bits as ``torch.embedding_renorm_`` (``fastembed.renorm_``
+    accumulates norms in double, so a row may differ in its last bit), and any norm_type torch accepts. Ids
+    are checked before anything is written. Returns ``weight``.
     """
     table = as_table(weight, "weight", writeable=True)
-    threads = _threads()
     flat = as_ids(input, "input").reshape(-1)
+    threads = resolve_threads(_threads(), flat.shape[0] * table.shape[1] * table.itemsize)
     check_rows(flat, table.shape[0], threads, tuple(input.shape), name="input")
     if flat.shape[0]:
         rows = _index.group_rows(flat, int(flat.max()), threads)[0]
@@ -175,7 +147,7 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, sca
     An id out of range raises ``IndexError`` naming its position. ``torch.compile`` runs this eagerly.
     """
     _check_tensors(input, weight)
-    padding_idx = _padding_row(padding_idx, weight.shape[0])
+    padding_idx = check_padding_idx(padding_idx, weight.shape[0])
     if max_norm is not None:
         with torch.no_grad():
             embedding_renorm_(weight, input, max_norm, norm_type)
