@@ -10,7 +10,19 @@ drop-in ``nn.Embedding``) and ``fastembed.jax`` (a differentiable ``lookup``) ar
 import os as _os
 import warnings as _warnings
 
-from fastembed._build_info import openmp_enabled
+# OpenMP reads its wait policy once, when the runtime loads (with the first kernel module below). Threads
+# that spin while waiting make a team collapse on a shared or oversubscribed machine (a 4 MB gather ran
+# 20x slower on two threads than on one under load; sleeping waiters fixed it), so fastembed asks for
+# sleeping waiters unless the user chose a policy. The variable is removed again at once so that OpenMP
+# runtimes loaded later (e.g. torch's own copy) see the user's environment unchanged.
+_choose_wait_policy = not any(name in _os.environ for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"))
+if _choose_wait_policy:
+    _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+try:
+    from fastembed._build_info import openmp_enabled
+finally:
+    if _choose_wait_policy:
+        del _os.environ["OMP_WAIT_POLICY"]
 from fastembed._threads import get_num_threads, set_num_threads
 from fastembed.gradcheck import GradcheckReport, gradcheck
 from fastembed.layers import Embedding

@@ -9,7 +9,7 @@ was tuned on, so the output goes through the cache.
 from libc.string cimport memcpy
 from cython.parallel cimport prange
 
-from fastembed._memory cimport prefetch_distance, prefetch_row_read
+from fastembed._memory cimport prefetch_distance, prefetch_row_read, worth_prefetching
 from fastembed._types cimport index_t, real_t
 
 cdef enum:
@@ -42,9 +42,13 @@ cdef inline void _copy_row(void *dst, const void *src, Py_ssize_t row_bytes) noe
 
 
 cdef void _gather_range(const char *table, const index_t *ids, char *out, Py_ssize_t row_bytes,
-                        Py_ssize_t start, Py_ssize_t end) noexcept nogil:
+                        Py_ssize_t start, Py_ssize_t end, bint prefetch) noexcept nogil:
     cdef Py_ssize_t i, ahead
     cdef Py_ssize_t distance = prefetch_distance(row_bytes)
+    if not prefetch:
+        for i in range(start, end):
+            _copy_row(out + i * row_bytes, table + ids[i] * row_bytes, row_bytes)
+        return
     for i in range(start, end):
         ahead = i + distance
         if ahead < end:
@@ -59,17 +63,18 @@ def gather_rows(const real_t[:, ::1] table, const index_t[::1] ids, real_t[:, ::
     """
     cdef Py_ssize_t n = ids.shape[0], n_chunks, c
     cdef Py_ssize_t row_bytes = table.shape[1] * sizeof(real_t)
+    cdef bint prefetch = worth_prefetching(table.shape[0] * row_bytes)
     if n == 0 or row_bytes == 0:
         return
     if n_threads <= 1 or n * row_bytes < PARALLEL_MIN_BYTES:
         with nogil:
-            _gather_range(<const char *>&table[0, 0], &ids[0], <char *>&out[0, 0], row_bytes, 0, n)
+            _gather_range(<const char *>&table[0, 0], &ids[0], <char *>&out[0, 0], row_bytes, 0, n, prefetch)
         return
     n_chunks = n_threads
     with nogil:
         for c in prange(n_chunks, schedule='static', num_threads=n_threads):
             _gather_range(<const char *>&table[0, 0], &ids[0], <char *>&out[0, 0], row_bytes,
-                          (n * c) // n_chunks, (n * (c + 1)) // n_chunks)
+                          (n * c) // n_chunks, (n * (c + 1)) // n_chunks, prefetch)
 
 
 cimport numpy as cnp
@@ -166,8 +171,10 @@ def gather_small(object table, object ids, object out=None):
         return out
     if ids_type == cnp.NPY_INT64:
         _gather_range(<const char *>cnp.PyArray_DATA(tab), <const int64_t *>ids_data,
-                      <char *>cnp.PyArray_DATA(<cnp.ndarray>out), row_bytes, 0, n)
+                      <char *>cnp.PyArray_DATA(<cnp.ndarray>out), row_bytes, 0, n,
+                      worth_prefetching(n_rows * row_bytes))
     else:
         _gather_range(<const char *>cnp.PyArray_DATA(tab), <const int32_t *>ids_data,
-                      <char *>cnp.PyArray_DATA(<cnp.ndarray>out), row_bytes, 0, n)
+                      <char *>cnp.PyArray_DATA(<cnp.ndarray>out), row_bytes, 0, n,
+                      worth_prefetching(n_rows * row_bytes))
     return out

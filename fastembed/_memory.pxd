@@ -18,6 +18,14 @@ cdef enum:
     PREFETCH_BYTES = 1024
     MIN_PREFETCH_ROWS = 2
     MAX_PREFETCH_ROWS = 16
+    # Regions up to this size stay in the core's caches: prefetching their rows only costs instructions
+    # (measured 2.3x slower for a 640 KiB table, and 2x faster for a 244 MiB one).
+    PREFETCH_MIN_REGION_BYTES = 4 << 20
+
+
+cdef inline bint worth_prefetching(Py_ssize_t region_bytes) noexcept nogil:
+    """Whether rows read at random from a region of this many bytes miss the caches often enough."""
+    return region_bytes > PREFETCH_MIN_REGION_BYTES
 
 
 cdef inline Py_ssize_t prefetch_distance(Py_ssize_t row_bytes) noexcept nogil:

@@ -8,7 +8,7 @@ same for any number of threads, and the same as ``np.add.at``.
 from libc.stdint cimport int64_t, uint8_t
 from cython.parallel cimport prange
 
-from fastembed._memory cimport prefetch_distance, prefetch_row_read, prefetch_row_write
+from fastembed._memory cimport prefetch_distance, prefetch_row_read, prefetch_row_write, worth_prefetching
 from fastembed._types cimport index_t, real_t
 
 cdef enum:
@@ -20,7 +20,8 @@ cdef void _segment_sum_range(const real_t *grad, const int64_t *order, const int
                              Py_ssize_t seg_start, Py_ssize_t seg_end) noexcept nogil:
     cdef Py_ssize_t s, k, j, ahead, first, last
     cdef Py_ssize_t row_bytes = dim * sizeof(real_t), distance = prefetch_distance(row_bytes)
-    cdef Py_ssize_t prefetch_end = seg_ptr[seg_end]
+    # Prefetch only rows of a gradient too large for the caches (prefetch_end 0 turns it off).
+    cdef Py_ssize_t prefetch_end = seg_ptr[seg_end] if worth_prefetching(n_ids * row_bytes) else 0
     cdef real_t *dst
     cdef const real_t *src
     for s in range(seg_start, seg_end):
@@ -63,15 +64,18 @@ def segment_sum_rows(const real_t[:, ::1] grad, const int64_t[::1] order, const 
 
 
 cdef void _scatter_add_owned(real_t *dense, const index_t *ids, const real_t *grad, Py_ssize_t dim,
-                             Py_ssize_t n_ids, int64_t row_lo, int64_t row_hi, uint8_t *touched) noexcept nogil:
+                             Py_ssize_t n_ids, Py_ssize_t n_rows, int64_t row_lo, int64_t row_hi,
+                             uint8_t *touched) noexcept nogil:
     cdef Py_ssize_t i, j, ahead
     cdef Py_ssize_t row_bytes = dim * sizeof(real_t), distance = prefetch_distance(row_bytes)
     cdef int64_t row
     cdef real_t *dst
     cdef const real_t *src
+    # Prefetch only rows of a dense gradient too large for the caches (prefetch_end 0 turns it off).
+    cdef Py_ssize_t prefetch_end = n_ids if worth_prefetching(n_rows * row_bytes) else 0
     for i in range(n_ids):
         ahead = i + distance
-        if ahead < n_ids and row_lo <= ids[ahead] < row_hi:
+        if ahead < prefetch_end and row_lo <= ids[ahead] < row_hi:
             prefetch_row_write(dense + ids[ahead] * dim, row_bytes)
         row = ids[i]
         if row < row_lo or row >= row_hi:
@@ -100,9 +104,9 @@ def scatter_add_rows(real_t[:, ::1] dense, const index_t[::1] ids, const real_t[
         return
     if n_threads <= 1 or n_ids * dim * sizeof(real_t) < PARALLEL_MIN_BYTES:
         with nogil:
-            _scatter_add_owned(&dense[0, 0], &ids[0], &grad[0, 0], dim, n_ids, 0, n_rows, touched_rows)
+            _scatter_add_owned(&dense[0, 0], &ids[0], &grad[0, 0], dim, n_ids, n_rows, 0, n_rows, touched_rows)
         return
     with nogil:
         for t in prange(n_threads, schedule='static', num_threads=n_threads):
-            _scatter_add_owned(&dense[0, 0], &ids[0], &grad[0, 0], dim, n_ids,
+            _scatter_add_owned(&dense[0, 0], &ids[0], &grad[0, 0], dim, n_ids, n_rows,
                                (n_rows * t) // n_threads, (n_rows * (t + 1)) // n_threads, touched_rows)
