@@ -4,6 +4,8 @@ The forward pass of an embedding is a row gather (``gather``); its backward pass
 of output gradients into the rows that were looked up (``sparse_grad``, ``scatter_add``). ``Embedding`` is
 a Keras-style layer over both; ``gradcheck`` verifies a layer's gradient numerically. ``renorm_`` bounds
 looked-up rows' norms in place, as PyTorch's ``max_norm``; ``lowp`` holds float16, bfloat16 and int8 tables.
+Every function also takes torch tensors and jax arrays on the CPU without a copy; ``fastembed.torch`` (a
+drop-in ``nn.Embedding``) and ``fastembed.jax`` (a differentiable ``lookup``) are imported on demand only.
 """
 import os as _os
 import warnings as _warnings

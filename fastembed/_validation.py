@@ -3,6 +3,7 @@ writes, and every failure names the argument, the position and the value."""
 import numpy as np
 
 from fastembed import _index
+from fastembed._interop import from_dlpack
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
@@ -16,7 +17,9 @@ def as_ids(ids, name="ids"):
     """Return ``ids`` as a C-contiguous int32/int64 array of the same shape (any rank, empty allowed).
 
     Other integer dtypes are widened to int64; bool, float, complex and object arrays raise ``TypeError``.
+    A CPU array speaking DLPack (torch, jax) is read in place.
     """
+    ids = from_dlpack(ids, name)
     arr = ids if isinstance(ids, np.ndarray) else np.asarray(ids)
     dtype = arr.dtype
     if dtype not in INDEX_DTYPES:
@@ -39,7 +42,8 @@ def as_ids(ids, name="ids"):
 
 def as_table(table, name="table", min_ndim=2, writeable=False):
     """Return ``table`` as an ndarray of float32/float64 with ``ndim == 2``; a non-contiguous one is copied
-    (the caller copies back when it writes)."""
+    (the caller copies back when it writes). A CPU array speaking DLPack is used in place, written included."""
+    table = from_dlpack(table, name)
     if not isinstance(table, np.ndarray):
         if writeable:
             # A list would be converted to a temporary array, and the in-place result silently lost.
@@ -55,7 +59,8 @@ def as_table(table, name="table", min_ndim=2, writeable=False):
 
 
 def as_float(values, name, dtype=None):
-    """Return ``values`` as a float32/float64 ndarray (cast to ``dtype`` when given)."""
+    """Return ``values`` as a float32/float64 ndarray (cast to ``dtype`` when given); DLPack arrays in place."""
+    values = from_dlpack(values, name)
     arr = values if isinstance(values, np.ndarray) else np.asarray(values)
     if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
         raise TypeError(f"{name} must be a float array, got dtype {arr.dtype}")
@@ -94,8 +99,9 @@ def prepare_out(out, shape, dtype, name="out"):
     """Return a C-contiguous output array of ``shape``/``dtype``: the caller's ``out`` (checked) or a new one."""
     if out is None:
         return np.empty(shape, dtype=dtype)
+    out = from_dlpack(out, name)
     if not isinstance(out, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array, got {type(out).__name__}")
+        raise TypeError(f"{name} must be a numpy array or a CPU array speaking DLPack, got {type(out).__name__}")
     if out.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {out.shape}")
     if out.dtype != dtype:

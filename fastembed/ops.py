@@ -6,6 +6,7 @@ contiguous arrays to a trusting ``nogil`` kernel. Nothing is written before ever
 import numpy as np
 
 from fastembed import _gather, _index, _out_of_range, _remap, _rowscale, _scatter, lowp
+from fastembed._interop import from_dlpack
 from fastembed._options import check_max_norm, check_norm_type, check_padding_idx, reduce_segments
 from fastembed._threads import MAX_THREADS, resolve_threads
 from fastembed._validation import (
@@ -36,6 +37,8 @@ def gather(table, ids, out=None, n_threads=None, max_norm=None, norm_type=2.0, o
     before anything is written), ``"clip"`` (the nearest row), ``"zero"`` (a zero vector) or an int row.
     Returns an array of shape ``ids.shape + (D,)``, the table's dtype (float32 for low precision).
     """
+    # Tensors from other libraries become numpy views first, so they get the fast path and low precision too.
+    table, ids, out = from_dlpack(table, "table"), from_dlpack(ids, "ids"), from_dlpack(out, "out")
     # Work under 64 KiB runs on one thread whatever n_threads says, so any valid count may take the fast path.
     # It returns None for any out-of-range id, which then takes the general path below; an out= aliasing the
     # table goes there too, to be refused.
