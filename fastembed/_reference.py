@@ -9,7 +9,8 @@ def gather(table, ids):
 
 def scatter_add(dense, ids, grad_out):
     """``np.add.at`` over rows, in place; returns ``dense``."""
-    np.add.at(dense, np.asarray(ids).reshape(-1), np.asarray(grad_out).reshape(-1, dense.shape[1]))
+    flat = np.asarray(ids).reshape(-1)
+    np.add.at(dense, flat, np.asarray(grad_out).reshape(flat.shape[0], dense.shape[1]))
     return dense
 
 

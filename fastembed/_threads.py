@@ -12,6 +12,9 @@ from fastembed._build_info import openmp_enabled, openmp_max_threads
 
 # Below this many bytes touched, starting a thread team costs more than it saves.
 _PARALLEL_MIN_BYTES = 1 << 16
+# OpenMP aborts the process when it cannot create a team's threads (n_threads=100000 crashed the interpreter),
+# so counts beyond any sensible oversubscription are refused up front.
+MAX_THREADS = max(256, 4 * (os.cpu_count() or 1))
 
 _lock = threading.Lock()
 _default_threads = None
@@ -34,6 +37,8 @@ def _check_count(n_threads, name="n_threads"):
     n_threads = int(n_threads.__index__())
     if n_threads <= 0:
         raise ValueError(f"{name} must be a positive int or None, got {n_threads}")
+    if n_threads > MAX_THREADS:
+        raise ValueError(f"{name} must be at most {MAX_THREADS} (4 per core, at least 256), got {n_threads}")
     return n_threads
 
 

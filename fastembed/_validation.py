@@ -21,7 +21,7 @@ def as_ids(ids, name="ids"):
             if arr.size == 0 and dtype.kind == "f" and not isinstance(ids, np.ndarray):
                 # np.asarray([]) is float64: an empty list is a valid (empty) batch of ids.
                 return np.zeros(arr.shape, np.int64)
-            raise TypeError(f"{name} must be an integer array, got dtype {dtype}")
+            raise TypeError(f"{name} must be an integer array, got dtype {dtype}{_first_not_whole(arr, name)}")
         if dtype.kind == "u" and dtype.itemsize == 8 and arr.size and arr.max() > _INT64_MAX:
             position = int(np.argmax(arr > _INT64_MAX))
             raise IndexError(f"{name}{_where(arr.shape, position)} = {arr.reshape(-1)[position]} "
@@ -36,6 +36,9 @@ def as_table(table, name="table", min_ndim=2, writeable=False):
     """Return ``table`` as an ndarray of float32/float64 with ``ndim == 2``; a non-contiguous one is copied
     (the caller copies back when it writes)."""
     if not isinstance(table, np.ndarray):
+        if writeable:
+            # A list would be converted to a temporary array, and the in-place result silently lost.
+            raise TypeError(f"{name} must be a numpy array (it is written in place), got {type(table).__name__}")
         table = np.asarray(table)
     if table.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got dtype {table.dtype}")
@@ -61,10 +64,15 @@ def check_rows(flat_ids, n_rows, n_threads, shape, name="ids"):
     """Raise ``IndexError`` for the first id outside ``[0, n_rows)``; ``shape`` locates it in the input."""
     bad = _index.first_out_of_range(flat_ids, n_rows, n_threads)
     if bad >= 0:
-        value = int(flat_ids[bad])
-        bound = f"[0, {n_rows})" if n_rows < _INT64_MAX else "[0, 2**63 - 1)"
-        raise IndexError(f"{name}{_where(shape, bad)} = {value} is out of range {bound}"
-                         + (f" for a table of {n_rows} rows" if n_rows < _INT64_MAX else ""))
+        raise_out_of_range(flat_ids, bad, n_rows, shape, name)
+
+
+def raise_out_of_range(flat_ids, bad, n_rows, shape, name="ids"):
+    """Raise the ``IndexError`` for ``flat_ids[bad]``, located in ``shape``."""
+    value = int(flat_ids[bad])
+    bound = f"[0, {n_rows})" if n_rows < _INT64_MAX else "[0, 2**63 - 1)"
+    raise IndexError(f"{name}{_where(shape, bad)} = {value} is out of range {bound}"
+                     + (f" for a table of {n_rows} rows" if n_rows < _INT64_MAX else ""))
 
 
 def check_grad_shape(grad, ids_shape, dim, name="grad_out"):
@@ -94,12 +102,50 @@ def prepare_out(out, shape, dtype, name="out"):
     return out
 
 
-def check_positive_int(value, name):
+def check_positive_int(value, name, maximum=None):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be a positive int, got {value!r}")
     if value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, got {value}")
     return int(value)
+
+
+def check_table_size(n_rows, dim, dtype, names=("input_dim", "output_dim")):
+    """Refuse a (n_rows, dim) table whose byte size no array can have, before anything is allocated."""
+    nbytes = n_rows * dim * np.dtype(dtype).itemsize
+    if nbytes > np.iinfo(np.intp).max:
+        raise ValueError(f"{names[0]} * {names[1]} = {n_rows} * {dim} {np.dtype(dtype).name} values "
+                         f"({nbytes} bytes) exceed the largest possible array ({np.iinfo(np.intp).max} bytes)")
+
+
+def check_finite_scalar(value, name):
+    """Return ``value`` as a Python float; non-numbers are a ``TypeError``, NaN and infinities a ``ValueError``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def check_no_overlap(written, name, other, other_name):
+    """Refuse an output that shares memory with an input: the result would depend on the order of writes."""
+    if np.may_share_memory(written, other) and np.shares_memory(written, other):
+        raise ValueError(f"{name} shares memory with {other_name}; pass a separate array")
+
+
+def _first_not_whole(arr, name):
+    """For float ids, ``" (ids[i] = v)"`` naming the first NaN, infinite or fractional value, else ``""``."""
+    if arr.dtype.kind != "f" or arr.size == 0:
+        return ""
+    flat = arr.reshape(-1)
+    with np.errstate(invalid="ignore"):
+        bad = np.flatnonzero(~np.isfinite(flat) | (flat != np.floor(flat)))
+    if bad.size == 0:
+        return ""
+    return f" ({name}{_where(arr.shape, bad[0])} = {flat[bad[0]]})"
 
 
 def _where(shape, flat_position):

@@ -3,7 +3,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastembed._validation import as_ids
+from fastembed import _out_of_range
+from fastembed._validation import as_ids, check_finite_scalar
 
 
 @dataclass
@@ -50,12 +51,16 @@ def gradcheck(layer, ids, loss=None, eps=1e-6, atol=1e-8, rtol=1e-6, untouched_s
 
     layer: an ``Embedding`` (anything with ``embeddings``, ``__call__`` and ``backward``); its weights and
     gradient are left as they were. ids: integer array of any shape. loss: ``f(y) -> (scalar, dL/dy)`` over
-    the layer's output (default ``default_loss()``). Every looked-up row and up to ``untouched_samples``
-    other rows are perturbed entry by entry by ±eps; untouched rows must get exactly zero gradient.
+    the layer's output (default ``default_loss()``). Every row read (after the layer's ``out_of_range`` policy)
+    and up to ``untouched_samples`` other rows are perturbed entry by entry by ±eps; untouched rows must get
+    exactly zero gradient. eps must be positive and finite.
     call_kwargs: extra keyword arguments of both ``layer(ids, **call_kwargs)`` and
     ``layer.backward(ids, grad_out=..., **call_kwargs)``, e.g. ``{"offsets": offsets}`` for an
     ``EmbeddingBag`` (``{"offsets": None}`` with 2-D ids).
     """
+    eps = check_finite_scalar(eps, "eps")
+    if eps <= 0:
+        raise ValueError(f"eps must be positive, got {eps}")
     call_kwargs = dict(call_kwargs or {})
     loss = loss or default_loss(seed)
     ids = as_ids(ids)
@@ -67,7 +72,8 @@ def gradcheck(layer, ids, loss=None, eps=1e-6, atol=1e-8, rtol=1e-6, untouched_s
         _, grad_y = loss(layer(ids, **call_kwargs))
         analytic = layer.backward(ids, grad_out=np.asarray(grad_y, dtype=np.float64), **call_kwargs)
         analytic_rows = dict(zip(analytic.rows.tolist(), analytic.values))
-        touched = np.unique(ids)
+        policy = _out_of_range.parse(getattr(layer, "out_of_range", "raise"), table.shape[0])
+        touched = np.unique(_out_of_range.rows_read(ids.reshape(-1), table.shape[0], policy))
         rng = np.random.default_rng(seed)
         untouched_pool = np.setdiff1d(np.arange(table.shape[0]), touched)
         untouched = rng.choice(untouched_pool, size=min(untouched_samples, untouched_pool.size), replace=False)

@@ -1,8 +1,15 @@
 """``Embedding``: a Keras-style embedding layer over fastembed's kernels."""
 import numpy as np
 
-from fastembed import initializers
-from fastembed._validation import FLOAT_DTYPES, as_ids, check_positive_int
+from fastembed import _out_of_range, checkpoint, initializers
+from fastembed._validation import (
+    FLOAT_DTYPES,
+    as_float,
+    as_ids,
+    check_finite_scalar,
+    check_positive_int,
+    check_table_size,
+)
 from fastembed.ops import gather, sparse_grad
 
 
@@ -22,15 +29,24 @@ class Embedding:
         dtype: ``"float32"`` or ``"float64"``.
         seed: makes random initialisation reproducible.
         name: a label for ``repr``.
+        out_of_range: what an id outside ``[0, input_dim)`` does, in the call and in ``backward``:
+            ``"raise"`` (an ``IndexError``), ``"clip"`` (reads, and trains, the nearest row), ``"zero"`` (a zero
+            vector, no gradient) or an int row (an out-of-vocabulary row that reads and trains).
+
+    Both sizes must be at least 1 (as in Keras), and the table must fit in one array.
     """
 
     def __init__(self, input_dim, output_dim, embeddings_initializer="uniform", mask_zero=False,
-                 trainable=True, weights=None, input_length=None, dtype="float32", seed=None, name=None):
+                 trainable=True, weights=None, input_length=None, dtype="float32", seed=None, name=None,
+                 out_of_range="raise"):
         self.input_dim = check_positive_int(input_dim, "input_dim")
         self.output_dim = check_positive_int(output_dim, "output_dim")
         self.dtype = np.dtype(dtype)
         if self.dtype not in FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
+        check_table_size(self.input_dim, self.output_dim, self.dtype)
+        _out_of_range.parse(out_of_range, self.input_dim)
+        self.out_of_range = out_of_range
         if input_length is not None:
             input_length = check_positive_int(input_length, "input_length")
         self.input_length = input_length
@@ -75,7 +91,7 @@ class Embedding:
 
     def __call__(self, ids, n_threads=None):
         """Embed ``ids`` (any integer shape) → ``ids.shape + (output_dim,)``, the layer's dtype."""
-        return gather(self.embeddings, self._checked_ids(ids), n_threads=n_threads)
+        return gather(self.embeddings, self._checked_ids(ids), n_threads=n_threads, out_of_range=self.out_of_range)
 
     def compute_mask(self, ids):
         """``ids != 0`` (bool, ids' shape) when ``mask_zero``, else None."""
@@ -90,11 +106,11 @@ class Embedding:
         several inputs gets the sum of their gradients, as in a Keras functional model.
         """
         ids = self._checked_ids(ids)
-        grad_out = np.asarray(grad_out)
+        grad_out = as_float(grad_out, "grad_out", dtype=self.dtype)
         if grad_out.shape != ids.shape + (self.output_dim,):
             raise ValueError(f"grad_out must have shape {ids.shape + (self.output_dim,)}, got {grad_out.shape}")
-        grad = sparse_grad(ids, grad_out.astype(self.dtype, copy=False), num_rows=self.input_dim,
-                           n_threads=n_threads)
+        grad = sparse_grad(ids, grad_out, num_rows=self.input_dim,
+                           n_threads=n_threads, out_of_range=self.out_of_range)
         if self.trainable:
             self.grad = grad if self.grad is None else self.grad + grad
         return grad
@@ -104,6 +120,7 @@ class Embedding:
 
     def step(self, lr):
         """Plain SGD on the rows in ``self.grad`` (``W[rows] -= lr * values``), then clear the gradient."""
+        lr = check_finite_scalar(lr, "lr")
         if not self.trainable or self.grad is None:
             self.grad = None
             return
@@ -123,12 +140,46 @@ class Embedding:
         # In place, so that whoever holds the table (an optimizer, a view) sees the new values.
         self.embeddings[...] = self._checked_matrix(weights, "weights")
 
+    def get_config(self):
+        """The constructor arguments that rebuild this layer, weights and initializer aside (a JSON-able dict)."""
+        return {"input_dim": self.input_dim, "output_dim": self.output_dim, "mask_zero": self.mask_zero,
+                "trainable": self.trainable, "input_length": self.input_length, "dtype": self.dtype.name,
+                "name": self.name, "out_of_range": _json_scalar(self.out_of_range)}
+
+    def save(self, path):
+        """Write the table and the config to ``path`` (.npz) atomically; the gradient is not saved.
+
+        See ``fastembed.checkpoint``: an interrupted save leaves the previous file intact.
+        """
+        return checkpoint.save_arrays(path, {"embeddings": self.embeddings},
+                                      {"class": type(self).__name__, "config": self.get_config()})
+
+    @classmethod
+    def load(cls, path):
+        """A layer rebuilt from ``save``'s file; ``checkpoint.CheckpointError`` when it is damaged or not a layer's."""
+        arrays, meta = checkpoint.load_arrays(path)
+        if meta.get("class") != cls.__name__ or "embeddings" not in arrays:
+            raise checkpoint.CheckpointError(f"{path}: holds a {meta.get('class')!r}, not an {cls.__name__}")
+        config = meta["config"]
+        table = arrays["embeddings"]
+        if table.shape != (config["input_dim"], config["output_dim"]) or table.dtype != np.dtype(config["dtype"]):
+            raise checkpoint.CheckpointError(f"{path}: the table is {table.shape} {table.dtype}, the config says "
+                                             f"({config['input_dim']}, {config['output_dim']}) {config['dtype']}")
+        return cls(weights=table, **config)
+
     def __repr__(self):
         flags = [f"mask_zero={self.mask_zero}"] if self.mask_zero else []
         if not self.trainable:
             flags.append("trainable=False")
         if self.input_length is not None:
             flags.append(f"input_length={self.input_length}")
+        if not (isinstance(self.out_of_range, str) and self.out_of_range == "raise"):
+            flags.append(f"out_of_range={self.out_of_range!r}")
         extra = (", " + ", ".join(flags)) if flags else ""
         return (f"Embedding(name={self.name!r}, input_dim={self.input_dim}, output_dim={self.output_dim}, "
                 f"dtype={self.dtype.name}{extra}, params={self.count_params()})")
+
+
+def _json_scalar(value):
+    """numpy integers are not JSON; an out_of_range row may be one."""
+    return value if isinstance(value, str) else int(value)

@@ -1,0 +1,177 @@
+"""Python threads sharing one table: correct results, kernels that really release the GIL, and what a lookup
+sees while another thread updates the table.
+
+What a read during an update may see: fastembed takes no locks. A lookup running while another thread writes
+the same table (``scatter_add`` into it, ``Embedding.step``, ``set_weights``) returns for every element either
+its value before or its value after the write (aligned float loads and stores do not tear), but one row may mix
+old and new elements, and different rows may come from different moments. Serialise writes and reads yourself
+when a step needs a consistent table. ``Embedding.backward`` accumulates ``layer.grad`` in Python: call it on
+one layer from one thread at a time (or run ``sparse_grad`` per thread and add the results).
+"""
+import hashlib
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import fastembed
+from fastembed import _gather, _index, _remap, _scatter
+
+N_THREADS = 8
+
+
+def _run_threads(target, n=N_THREADS):
+    """Run ``target(k, barrier)`` in n threads that start together; re-raise the first failure."""
+    barrier = threading.Barrier(n)
+    errors = []
+
+    def run(k):
+        try:
+            target(k, barrier)
+        except BaseException as error:          # reported to the main thread below
+            errors.append(error)
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), "a thread hung"
+    if errors:
+        raise errors[0]
+
+
+def test_many_threads_look_up_one_shared_table():
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((20_000, 32)).astype(np.float32)
+    table.flags.writeable = False          # and prove that nobody writes to it
+    layer = fastembed.Embedding.from_pretrained(table)
+    batches = [rng.integers(0, 20_000, size=(16, 200 + 13 * k)) for k in range(N_THREADS)]
+
+    def work(k, barrier):
+        ids = batches[k]
+        expected = table[ids]
+        grad_out = np.ones(ids.shape + (32,), np.float32)
+        barrier.wait()
+        for step in range(6):
+            n_threads = 1 + (k + step) % 2
+            np.testing.assert_array_equal(fastembed.gather(table, ids, n_threads=n_threads), expected)
+            np.testing.assert_array_equal(layer(ids, n_threads=n_threads), expected)
+            grad = fastembed.sparse_grad(ids, grad_out, num_rows=20_000, n_threads=n_threads)
+            np.testing.assert_array_equal(grad.rows, np.unique(ids))
+
+    _run_threads(work)
+
+
+def _other_thread_ran_during(call, tries=20):
+    """Whether a second Python thread executed bytecode while ``call()`` ran in this one.
+
+    The switch interval is made enormous, so this thread keeps the GIL unless ``call`` itself releases it;
+    the second thread gives the GIL back at every step, so nothing waits for the interval either.
+    """
+    counter = [0]
+    stop = threading.Event()
+    ready = threading.Event()
+
+    def spin():
+        ready.set()
+        while not stop.is_set():
+            counter[0] += 1
+            time.sleep(0)              # releases the GIL, so this thread never holds it for long
+
+    old_interval = sys.getswitchinterval()
+    spinner = threading.Thread(target=spin)
+    sys.setswitchinterval(1000.0)
+    try:
+        spinner.start()
+        ready.wait()
+        for _ in range(tries):         # several tries: on a busy machine the spinner may miss one call
+            before = counter[0]
+            call()
+            if counter[0] != before:
+                return True
+        return False
+    finally:
+        stop.set()
+        spinner.join()
+        sys.setswitchinterval(old_interval)
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    """Each kernel on work of a few milliseconds, all inputs prepared beforehand."""
+    rng = np.random.default_rng(1)
+    n, v, d = 1_000_000, 50_000, 8
+    table = rng.standard_normal((v, d)).astype(np.float32)
+    ids = rng.integers(0, v, size=n)
+    strays = np.where(rng.random(n) < 0.1, -1, ids)
+    out = np.empty((n, d), np.float32)
+    grad = rng.standard_normal((n, d)).astype(np.float32)
+    rows, order, seg_ptr = _index.group_rows(ids, v - 1, 1)
+    values = np.empty((rows.shape[0], d), np.float32)
+    dense = np.zeros((v, d), np.float32)
+    remapped = np.empty_like(strays)
+    return {
+        "gather_rows": lambda: _gather.gather_rows(table, ids, out, 1),
+        "gather_rows_mapped": lambda: _remap.gather_rows_mapped(table, strays, out, _remap.ZERO, -1, 1),
+        "remap_ids": lambda: _remap.remap_ids(strays, v, _remap.CLIP, -1, remapped, 1),
+        "first_out_of_range": lambda: _index.first_out_of_range(ids, v, 1),
+        "group_rows": lambda: _index.group_rows(ids, v - 1, 1),
+        "segment_sum_rows": lambda: _scatter.segment_sum_rows(grad, order, seg_ptr, values, 1),
+        "scatter_add_rows": lambda: _scatter.scatter_add_rows(dense, ids, grad, 1),
+    }
+
+
+KERNEL_NAMES = ["gather_rows", "gather_rows_mapped", "remap_ids", "first_out_of_range", "group_rows",
+                "segment_sum_rows", "scatter_add_rows"]
+gil_only = pytest.mark.skipif(not getattr(sys, "_is_gil_enabled", lambda: True)(), reason="no GIL in this build")
+
+
+@gil_only
+@pytest.mark.parametrize("name", KERNEL_NAMES)
+def test_kernel_releases_the_gil(kernels, name):
+    assert _other_thread_ran_during(kernels[name]), f"{name} held the GIL for its whole run"
+
+
+@gil_only
+def test_the_gil_probe_sees_code_that_holds_the_gil():
+    """The probe can fail: C code that keeps the GIL (``sorted``) and plain Python never let the other thread in,
+    while C code that releases it (``hashlib`` on a large buffer) does."""
+    numbers = list(range(300_000))[::-1]
+    data = bytes(20_000_000)
+    assert not _other_thread_ran_during(lambda: sorted(numbers), tries=3)
+    assert not _other_thread_ran_during(lambda: sum(i for i in range(100_000)), tries=3)
+    assert _other_thread_ran_during(lambda: hashlib.sha256(data).digest())
+
+
+def test_lookups_during_updates_see_old_or_new_values_only():
+    """A writer adds +1 then -1 to every row, over and over; readers must only ever see base or base + 1."""
+    v, d = 2048, 64
+    base = np.arange(v * d, dtype=np.float32).reshape(v, d) % 1000       # small integers: +1 - 1 is exact
+    table = base.copy()
+    every_row = np.arange(v)
+    plus, minus = np.ones((v, d), np.float32), -np.ones((v, d), np.float32)
+    done = threading.Event()
+
+    def work(k, barrier):
+        barrier.wait()
+        if k == 0:
+            try:
+                for _ in range(20):
+                    fastembed.scatter_add(table, every_row, plus, n_threads=2)
+                    fastembed.scatter_add(table, every_row, minus, n_threads=2)
+            finally:
+                done.set()
+            return
+        rng = np.random.default_rng(k)
+        while not done.is_set():
+            ids = rng.integers(0, v, size=2048)
+            seen = fastembed.gather(table, ids, n_threads=1)
+            delta = seen - base[ids]
+            assert np.isin(delta, (0.0, 1.0)).all(), "a lookup saw a value that was never in the table"
+
+    _run_threads(work, n=4)
+    np.testing.assert_array_equal(table, base)

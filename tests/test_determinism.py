@@ -1,0 +1,84 @@
+"""Bit-identical results for 1, 2, 3 and 8 threads, for every kernel that promises it.
+
+What promises it, and why (a new kernel goes into DETERMINISTIC, or into NOT_DETERMINISTIC with its reason):
+  gather (_gather.gather_rows)           each output row is a plain copy; how rows are split cannot matter.
+  gather, out_of_range (_remap.*)        each id is mapped on its own by integer logic.
+  first_out_of_range (_index)            a parallel count; the reported position comes from a serial scan.
+  group_rows (_index)                    a stable radix sort; chunk histograms are combined digit-major.
+  sparse_grad (segment_sum_rows)         each row sums its contributions in increasing position order.
+  scatter_add (scatter_add_rows)         each thread owns whole rows and visits the ids in order.
+  Embedding call/backward/step, SparseGrad.__add__: built only from the above.
+Nothing in fastembed is non-deterministic today. A kernel that is not (atomics, Hogwild updates, a reduction
+whose order follows the thread split) would be listed here with what varies, and left out of DETERMINISTIC.
+"""
+import numpy as np
+import pytest
+
+import fastembed
+from fastembed import _index
+
+THREAD_COUNTS = (1, 2, 3, 8)
+N, V, D = 200_000, 5000, 8       # large enough for every kernel's parallel path
+
+
+def _inputs():
+    rng = np.random.default_rng(42)
+    ids = (rng.zipf(1.3, size=N) % V).astype(np.int64)        # skewed: long segments for a few rows
+    strays = ids.copy()
+    strays[rng.random(N) < 0.05] = -7
+    strays[rng.random(N) < 0.05] = V + 3
+    table = rng.standard_normal((V, D)).astype(np.float32)
+    grad_out = rng.standard_normal((N, D)).astype(np.float32)
+    return ids, strays, table, grad_out
+
+
+IDS, STRAYS, TABLE, GRAD = _inputs()
+
+
+def _sparse(grad):
+    return grad.rows, grad.values
+
+
+def _layer_step(t):
+    layer = fastembed.Embedding(V, D, weights=TABLE)
+    layer.backward(IDS, GRAD, n_threads=t)
+    layer.backward(IDS[::-1], GRAD, n_threads=t)
+    layer.step(0.1)
+    return (layer.embeddings,)
+
+
+def _first_bad(t):
+    bad = IDS.copy()
+    bad[150_001] = -1
+    bad[190_000] = V
+    return (np.array(_index.first_out_of_range(bad, V, t)),)
+
+
+DETERMINISTIC = {
+    "gather": lambda t: (fastembed.gather(TABLE, IDS, n_threads=t),),
+    "gather int32 ids": lambda t: (fastembed.gather(TABLE, IDS.astype(np.int32), n_threads=t),),
+    "gather clip": lambda t: (fastembed.gather(TABLE, STRAYS, n_threads=t, out_of_range="clip"),),
+    "gather zero": lambda t: (fastembed.gather(TABLE, STRAYS, n_threads=t, out_of_range="zero"),),
+    "gather oov row": lambda t: (fastembed.gather(TABLE, STRAYS, n_threads=t, out_of_range=0),),
+    "first_out_of_range": _first_bad,
+    "group_rows": lambda t: _index.group_rows(IDS, int(IDS.max()), t),
+    "sparse_grad": lambda t: _sparse(fastembed.sparse_grad(IDS, GRAD, num_rows=V, n_threads=t)),
+    "sparse_grad float64": lambda t: _sparse(fastembed.sparse_grad(IDS, GRAD.astype(np.float64), n_threads=t)),
+    "sparse_grad zero": lambda t: _sparse(fastembed.sparse_grad(STRAYS, GRAD, num_rows=V, n_threads=t,
+                                                                out_of_range="zero")),
+    "sparse_grad clip": lambda t: _sparse(fastembed.sparse_grad(STRAYS, GRAD, num_rows=V, n_threads=t,
+                                                                out_of_range="clip")),
+    "scatter_add": lambda t: (fastembed.scatter_add(np.ones((V, D), np.float32), IDS, GRAD, n_threads=t),),
+    "Embedding backward + step": _layer_step,
+    "SparseGrad add": lambda t: _sparse(fastembed.sparse_grad(IDS[:N // 2], GRAD[:N // 2], num_rows=V, n_threads=t)
+                                        + fastembed.sparse_grad(IDS[N // 2:], GRAD[N // 2:], num_rows=V,
+                                                                n_threads=t)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DETERMINISTIC))
+def test_same_bits_for_every_thread_count(name):
+    results = {t: [(a.dtype.str, a.shape, a.tobytes()) for a in DETERMINISTIC[name](t)] for t in THREAD_COUNTS}
+    for t in THREAD_COUNTS[1:]:
+        assert results[t] == results[1], f"{name}: {t} threads differ from 1"
+

@@ -1,0 +1,489 @@
+"""The bad-input matrix: every public entry point against every kind of bad argument, one test row per case.
+
+A bad row must raise its exact exception type with a message naming the argument, the position and the value,
+and leave every input (arrays, their bases, a layer's table and gradient) bit-for-bit unchanged. An accepted row
+(non-contiguous, read-only where only read, empty, other integer widths) must match the numpy oracle.
+
+Decisions the matrix pins down: the functional ops accept a table with V == 0 (any id is then out of range, an
+empty batch is fine) and D == 0 (empty rows); layers need V >= 1 and D >= 1, as in Keras. Integer gradients are
+cast to float; bool, complex, object and string arrays are refused.
+
+To cover a new entry point (a bag, an optimizer, an adapter): add an ``Entry`` to ``ENTRIES`` with the argument
+names of its roles (``ids``, ``threads``, ``policy``), and its own rows (offsets, state, ...) to ``_specific_rows``.
+"""
+import copy
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pytest
+
+import fastembed
+from fastembed import _reference as ref
+
+V, D = 10, 3
+SHAPE = (2, 3)          # every ids argument has this shape: the bad value goes to position [1, 1]
+AT = r"\[1, 1\]"
+INT64_MAX = np.iinfo(np.int64).max
+
+
+def _ids():
+    return np.array([[0, 1, 2], [3, 4, 9]], dtype=np.int64)
+
+
+def _table(dtype=np.float32):
+    return np.arange(V * D, dtype=dtype).reshape(V, D)
+
+
+def _grad(dtype=np.float64):
+    return np.linspace(-1.0, 1.0, num=6 * D).reshape(SHAPE + (D,)).astype(dtype)
+
+
+def _layer(**kwargs):
+    return fastembed.Embedding(V, D, embeddings_initializer=_table(), **kwargs)
+
+
+def _sparse(result):
+    return [result.rows, result.values]
+
+
+def _oracle_sparse(ids, grad_out):
+    rows, values = ref.sparse_grad(ids, grad_out)
+    return [rows, values]
+
+
+@dataclass
+class Entry:
+    """A public entry point: fresh valid arguments, how to call it, and what the result must be."""
+
+    name: str
+    make: Callable[[], dict]
+    call: Callable[[dict], object]
+    roles: dict = field(default_factory=dict)      # role -> argument name
+    oracle: Callable[[dict], list] = None          # expected arrays, computed on a copy of the arguments
+    result: Callable[[object], list] = lambda out: [out]
+    checks_range: bool = True                      # does it check ids against V?
+
+
+def _scatter_oracle(a):
+    dense = np.array(a["dense_grad"], copy=True)
+    return [ref.scatter_add(dense, a["ids"], a["grad_out"])]
+
+
+ENTRIES = {entry.name: entry for entry in [
+    Entry("gather", lambda: {"table": _table(), "ids": _ids()},
+          lambda a: fastembed.gather(**a), {"ids": "ids", "threads": "n_threads", "policy": "out_of_range"},
+          oracle=lambda a: [np.asarray(a["table"])[np.asarray(a["ids"]).astype(np.int64)]]),
+    Entry("sparse_grad", lambda: {"ids": _ids(), "grad_out": _grad(), "num_rows": V},
+          lambda a: fastembed.sparse_grad(**a), {"ids": "ids", "threads": "n_threads", "policy": "out_of_range"},
+          oracle=lambda a: _oracle_sparse(a["ids"], a["grad_out"]), result=_sparse),
+    Entry("scatter_add", lambda: {"dense_grad": np.zeros((V, D)), "ids": _ids(), "grad_out": _grad()},
+          lambda a: fastembed.scatter_add(**a), {"ids": "ids", "threads": "n_threads"}, oracle=_scatter_oracle),
+    Entry("Embedding", lambda: {"input_dim": V, "output_dim": D}, lambda a: fastembed.Embedding(**a),
+          {"policy": "out_of_range"}),
+    Entry("Embedding.__call__", lambda: {"layer": _layer(), "ids": _ids()},
+          lambda a: a["layer"](a["ids"], **{k: v for k, v in a.items() if k not in ("layer", "ids")}),
+          {"ids": "ids", "threads": "n_threads"},
+          oracle=lambda a: [a["layer"].embeddings[np.asarray(a["ids"])]]),
+    Entry("Embedding.backward", lambda: {"layer": _layer(), "ids": _ids(), "grad_out": _grad(np.float32)},
+          lambda a: a["layer"].backward(**{k: v for k, v in a.items() if k != "layer"}),
+          {"ids": "ids", "threads": "n_threads"},
+          oracle=lambda a: _oracle_sparse(a["ids"], np.asarray(a["grad_out"], np.float32)), result=_sparse),
+    Entry("Embedding.compute_mask", lambda: {"layer": _layer(mask_zero=True), "ids": _ids()},
+          lambda a: a["layer"].compute_mask(a["ids"]), {"ids": "ids"},
+          oracle=lambda a: [np.asarray(a["ids"]) != 0], checks_range=False),
+    Entry("Embedding.step", lambda: {"layer": _with_grad(_layer()), "lr": 0.1},
+          lambda a: a["layer"].step(a["lr"])),
+    Entry("Embedding.set_weights", lambda: {"layer": _layer(), "weights": [_table() + 1]},
+          lambda a: a["layer"].set_weights(a["weights"])),
+    Entry("Embedding.from_pretrained", lambda: {"matrix": _table()},
+          lambda a: fastembed.Embedding.from_pretrained(**a)),
+    Entry("Embedding.save", lambda: {"layer": _layer(), "path": "unused"},
+          lambda a: a["layer"].save(a["path"])),
+    Entry("SparseGrad", lambda: {"rows": np.array([1, 4]), "values": np.ones((2, D)), "num_rows": V},
+          lambda a: fastembed.SparseGrad(**a)),
+    Entry("SparseGrad.to_dense", lambda: {"grad": fastembed.SparseGrad([1, 4], np.ones((2, D)), V)},
+          lambda a: a["grad"].to_dense(*a.get("args", ()))),
+    Entry("SparseGrad.__add__", lambda: {"a": fastembed.SparseGrad([1], np.ones((1, D)), V),
+                                         "b": fastembed.SparseGrad([2], np.ones((1, D)), V)},
+          lambda a: a["a"] + a["b"]),
+    Entry("gradcheck", lambda: {"layer": _layer(dtype="float64"), "ids": _ids()},
+          lambda a: fastembed.gradcheck(**a), {"ids": "ids"}),
+    Entry("set_num_threads", lambda: {}, lambda a: _set_threads_and_restore(a["n_threads"]),
+          {"threads": "n_threads"}),
+]}
+
+
+def _with_grad(layer):
+    layer.backward(_ids(), _grad(np.float32))
+    return layer
+
+
+def _set_threads_and_restore(n_threads):
+    try:
+        fastembed.set_num_threads(n_threads)
+    finally:
+        fastembed.set_num_threads(None)
+
+
+@dataclass
+class Row:
+    id: str
+    entry: str
+    mutate: Callable[[dict], None]
+    exc: type = None                   # None: an accepted input, checked against the oracle
+    match: str = ""
+
+
+def _set(name, value):
+    """A mutation that replaces argument ``name`` by ``value(args)`` (or ``value`` itself when not callable)."""
+    def mutate(args):
+        args[name] = value(args) if callable(value) else value
+    return mutate
+
+
+def _put(value, dtype=np.int64):
+    """The valid ids with ``value`` at position [1, 1], in ``dtype``."""
+    def make(args):
+        ids = _ids().astype(dtype)
+        ids[1, 1] = value
+        return ids
+    return make
+
+
+def _readonly(array):
+    array = np.array(array, copy=True)
+    array.flags.writeable = False
+    return array
+
+
+def _strided(array):
+    """The same values in a non-contiguous view (every other element of a bigger buffer)."""
+    array = np.asarray(array)
+    base = np.zeros(array.shape[:-1] + (2 * array.shape[-1],) if array.ndim else (2,), dtype=array.dtype)
+    view = base[..., ::2] if array.ndim else base[::2].reshape(())
+    view[...] = array
+    return view
+
+
+def _ids_rows(entry):
+    a = entry.roles["ids"]
+    rows = []
+    if entry.checks_range:
+        for case, value in [("negative", -1), ("equal-V", V), ("int64-max", INT64_MAX)]:
+            shown = INT64_MAX if case == "int64-max" else value
+            rows.append(Row(f"{a}-{case}", entry.name, _set(a, _put(value)), IndexError,
+                            rf"^{a}{AT} = {shown} is out of range \[0, {V}\)"))
+    rows += [
+        Row(f"{a}-uint64-beyond-int64", entry.name, _set(a, _put(2**64 - 1, np.uint64)), IndexError,
+            rf"^{a}{AT} = {2**64 - 1} does not fit in int64"),
+        Row(f"{a}-float", entry.name, _set(a, lambda _: _ids().astype(np.float64)), TypeError,
+            rf"^{a} must be an integer array, got dtype float64$"),
+        Row(f"{a}-nan", entry.name, _set(a, _put(np.nan, np.float64)), TypeError,
+            rf"^{a} must be an integer array, got dtype float64 \({a}{AT} = nan\)"),
+        Row(f"{a}-fractional", entry.name, _set(a, _put(2.5, np.float32)), TypeError,
+            rf"got dtype float32 \({a}{AT} = 2.5\)"),
+        Row(f"{a}-bool", entry.name, _set(a, lambda _: _ids() > 2), TypeError, rf"^{a} .*got dtype bool"),
+        Row(f"{a}-object", entry.name, _set(a, lambda _: _ids().astype(object)), TypeError,
+            rf"^{a} .*got dtype object"),
+        Row(f"{a}-complex", entry.name, _set(a, lambda _: _ids().astype(np.complex128)), TypeError,
+            rf"^{a} .*got dtype complex128"),
+        Row(f"{a}-strings", entry.name, _set(a, lambda _: _ids().astype(str)), TypeError, rf"^{a} .*got dtype <U"),
+    ]
+    return rows
+
+
+def _ids_ok_rows(entry):
+    a = entry.roles["ids"]
+    return [
+        Row(f"{a}-fortran-order", entry.name, _set(a, lambda _: np.asfortranarray(_ids()))),
+        Row(f"{a}-strided", entry.name, _set(a, lambda _: _strided(_ids()))),
+        Row(f"{a}-read-only", entry.name, _set(a, lambda _: _readonly(_ids()))),
+        Row(f"{a}-int32", entry.name, _set(a, lambda _: _ids().astype(np.int32))),
+        Row(f"{a}-uint8", entry.name, _set(a, lambda _: _ids().astype(np.uint8))),
+        Row(f"{a}-nested-list", entry.name, _set(a, lambda _: _ids().tolist())),
+    ]
+
+
+def _threads_rows(entry):
+    a = entry.roles["threads"]
+    limit = fastembed._threads.MAX_THREADS
+    return [
+        Row(f"{a}-zero", entry.name, _set(a, 0), ValueError, rf"^{a} must be a positive int or None, got 0$"),
+        Row(f"{a}-negative", entry.name, _set(a, -2), ValueError, rf"^{a} must be a positive int or None, got -2$"),
+        Row(f"{a}-float", entry.name, _set(a, 1.5), TypeError, rf"^{a} must be a positive int or None, got 1.5$"),
+        Row(f"{a}-bool", entry.name, _set(a, True), TypeError, rf"^{a} must be a positive int or None, got True$"),
+        Row(f"{a}-too-many", entry.name, _set(a, 10**6), ValueError, rf"^{a} must be at most {limit} .*got 1000000$"),
+        Row(f"{a}-2**40", entry.name, _set(a, 2**40), ValueError, rf"^{a} must be at most {limit} .*got {2**40}$"),
+    ]
+
+
+def _policy_rows(entry):
+    a = entry.roles["policy"]
+    expected = r"'raise', 'clip', 'zero' or an int row"
+    return [
+        Row(f"{a}-unknown", entry.name, _set(a, "wrap"), ValueError, rf"^{a} must be {expected}, got 'wrap'$"),
+        Row(f"{a}-row-equal-V", entry.name, _set(a, V), ValueError,
+            rf"^{a}={V} is not a row of the table: it must lie in \[0, {V}\)$"),
+        Row(f"{a}-row-negative", entry.name, _set(a, -1), ValueError, rf"^{a}=-1 is not a row of the table"),
+        Row(f"{a}-bool", entry.name, _set(a, True), TypeError, rf"^{a} must be {expected}, got True$"),
+        Row(f"{a}-float", entry.name, _set(a, 2.0), TypeError, rf"^{a} must be {expected}, got 2.0$"),
+        Row(f"{a}-none", entry.name, _set(a, None), TypeError, rf"^{a} must be {expected}, got None$"),
+    ]
+
+
+def _specific_rows():
+    def both(name, value):
+        return _set(name, value)
+
+    def many(**changes):
+        def mutate(args):
+            for name, value in changes.items():
+                args[name] = value(args) if callable(value) else value
+        return mutate
+
+    bad = [
+        # gather: the table and out
+        Row("table-int", "gather", both("table", lambda _: np.arange(V * D).reshape(V, D)), TypeError,
+            r"^table must be float32 or float64, got dtype int64$"),
+        Row("table-float16", "gather", both("table", lambda _: _table(np.float16)), TypeError,
+            r"^table must be float32 or float64, got dtype float16$"),
+        Row("table-rank-1", "gather", both("table", lambda _: _table().reshape(-1)), ValueError,
+            r"^table must be 2-D \(rows, dim\), got shape \(30,\)$"),
+        Row("table-rank-3", "gather", both("table", lambda _: _table().reshape(V, D, 1)), ValueError,
+            r"^table must be 2-D \(rows, dim\), got shape \(10, 3, 1\)$"),
+        Row("table-object", "gather", both("table", lambda _: _table().astype(object)), TypeError,
+            r"^table must be float32 or float64, got dtype object$"),
+        Row("table-V0-with-ids", "gather", both("table", lambda _: np.zeros((0, D), np.float32)), IndexError,
+            r"^ids\[0, 0\] = 0 is out of range \[0, 0\) for a table of 0 rows$"),
+        Row("out-shape", "gather", both("out", lambda _: np.zeros((2, 3, 4), np.float32)), ValueError,
+            r"^out must have shape \(2, 3, 3\), got \(2, 3, 4\)$"),
+        Row("out-dtype", "gather", both("out", lambda _: np.zeros((2, 3, 3))), TypeError,
+            r"^out must have dtype float32, got float64$"),
+        Row("out-non-contiguous", "gather", both("out", lambda _: np.zeros((3, 3, 2), np.float32).T), ValueError,
+            r"^out must be C-contiguous$"),
+        Row("out-read-only", "gather", both("out", lambda _: _readonly(np.zeros((2, 3, 3), np.float32))),
+            ValueError, r"^out is read-only$"),
+        Row("out-list", "gather", both("out", [[0.0]]), TypeError, r"^out must be a numpy array, got list$"),
+        Row("out-overlaps-table", "gather", both("out", lambda a: a["table"].reshape(-1)[:18].reshape(2, 3, 3)),
+            ValueError, r"^out shares memory with table"),
+        # sparse_grad: num_rows, grad_out and a policy without num_rows
+        Row("num_rows-zero", "sparse_grad", both("num_rows", 0), ValueError, r"^num_rows must be a positive int, got 0$"),
+        Row("num_rows-negative", "sparse_grad", both("num_rows", -5), ValueError,
+            r"^num_rows must be a positive int, got -5$"),
+        Row("num_rows-float", "sparse_grad", both("num_rows", 10.0), TypeError,
+            r"^num_rows must be a positive int, got 10.0$"),
+        Row("num_rows-beyond-int64", "sparse_grad", both("num_rows", 2**64), ValueError,
+            rf"^num_rows must be at most {INT64_MAX}, got {2**64}$"),
+        Row("policy-without-num_rows", "sparse_grad", many(num_rows=None, out_of_range="clip"), ValueError,
+            r"^out_of_range='clip' needs the table's row count \(num_rows\)$"),
+        Row("grad_out-bool", "sparse_grad", both("grad_out", lambda _: _grad() > 0), TypeError,
+            r"^grad_out must be a float array, got dtype bool$"),
+        Row("grad_out-object", "sparse_grad", both("grad_out", lambda _: _grad().astype(object)), TypeError,
+            r"^grad_out must be a float array, got dtype object$"),
+        Row("grad_out-complex", "sparse_grad", both("grad_out", lambda _: _grad().astype(complex)), TypeError,
+            r"^grad_out must be a float array, got dtype complex128$"),
+        Row("grad_out-0d", "sparse_grad", both("grad_out", 1.0), ValueError,
+            r"^grad_out must have shape ids.shape \+ \(D,\), got \(\)$"),
+        Row("grad_out-rank", "sparse_grad", both("grad_out", lambda _: _grad()[..., 0]), ValueError,
+            r"^grad_out must have shape ids.shape \+ \(D,\) = \(2, 3\) \+ \(D,\), got \(2, 3\)$"),
+        Row("grad_out-shape", "sparse_grad", both("grad_out", lambda _: np.zeros((3, 2, D))), ValueError,
+            r"^grad_out must have shape ids.shape \+ \(D,\) = \(2, 3\) \+ \(D,\), got \(3, 2, 3\)$"),
+        # scatter_add: the written table and the gradient
+        Row("dense_grad-read-only", "scatter_add", both("dense_grad", lambda _: _readonly(np.zeros((V, D)))),
+            ValueError, r"^dense_grad is read-only; it is written in place$"),
+        Row("dense_grad-int", "scatter_add", both("dense_grad", lambda _: np.zeros((V, D), int)), TypeError,
+            r"^dense_grad must be float32 or float64, got dtype int64$"),
+        Row("dense_grad-rank-1", "scatter_add", both("dense_grad", lambda _: np.zeros(V)), ValueError,
+            r"^dense_grad must be 2-D \(rows, dim\), got shape \(10,\)$"),
+        Row("dense_grad-list", "scatter_add", both("dense_grad", lambda _: np.zeros((V, D)).tolist()), TypeError,
+            r"^dense_grad must be a numpy array \(it is written in place\), got list$"),
+        Row("grad_out-wrong-D", "scatter_add", both("grad_out", lambda _: np.zeros(SHAPE + (D + 1,))), ValueError,
+            r"^grad_out must have shape ids.shape \+ \(D,\) = \(2, 3, 3\), got \(2, 3, 4\)$"),
+        Row("grad_out-string", "scatter_add", both("grad_out", lambda _: _grad().astype(str)), TypeError,
+            r"^grad_out must be a float array, got dtype <U"),
+        Row("grad_out-overlaps-dense_grad", "scatter_add",
+            both("grad_out", lambda a: a["dense_grad"].reshape(-1)[:18].reshape(SHAPE + (D,))),
+            ValueError, r"^dense_grad shares memory with grad_out"),
+        # the layer's constructor
+        Row("input_dim-zero", "Embedding", both("input_dim", 0), ValueError, r"^input_dim must be a positive int, got 0$"),
+        Row("output_dim-zero", "Embedding", both("output_dim", 0), ValueError,
+            r"^output_dim must be a positive int, got 0$"),
+        Row("input_dim-negative", "Embedding", both("input_dim", -3), ValueError,
+            r"^input_dim must be a positive int, got -3$"),
+        Row("output_dim-float", "Embedding", both("output_dim", 2.5), TypeError,
+            r"^output_dim must be a positive int, got 2.5$"),
+        Row("size-product-overflows", "Embedding", many(input_dim=2**62, output_dim=2**62), ValueError,
+            rf"^input_dim \* output_dim = {2**62} \* {2**62} float32 values .* exceed the largest possible array"),
+        Row("size-beyond-int64", "Embedding", many(input_dim=2**64, output_dim=1), ValueError,
+            rf"^input_dim \* output_dim = {2**64} \* 1 float32 values"),
+        Row("dtype-int", "Embedding", both("dtype", "int32"), TypeError, r"^dtype must be float32 or float64, got int32$"),
+        Row("weights-shape", "Embedding", both("weights", lambda _: np.zeros((D, V))), ValueError,
+            r"^weights must have shape \(10, 3\), got \(3, 10\)$"),
+        Row("weights-object", "Embedding", both("weights", lambda _: np.zeros((V, D), object)), TypeError,
+            r"^weights must be numeric, got dtype object$"),
+        Row("input_length-zero", "Embedding", both("input_length", 0), ValueError,
+            r"^input_length must be a positive int, got 0$"),
+        # layer methods
+        Row("input_length-mismatch", "Embedding.__call__", lambda a: a.update(layer=_layer(input_length=4)),
+            ValueError, r"^input_length=4 but the ids have shape \(2, 3\)$"),
+        Row("grad_out-shape", "Embedding.backward", both("grad_out", lambda _: np.zeros((2, 3, D + 1))), ValueError,
+            r"^grad_out must have shape \(2, 3, 3\), got \(2, 3, 4\)$"),
+        Row("grad_out-object", "Embedding.backward", both("grad_out", lambda _: _grad().astype(object)), TypeError,
+            r"^grad_out must be a float array, got dtype object$"),
+        Row("lr-nan", "Embedding.step", both("lr", float("nan")), ValueError, r"^lr must be finite, got nan$"),
+        Row("lr-inf", "Embedding.step", both("lr", np.inf), ValueError, r"^lr must be finite, got inf$"),
+        Row("lr-string", "Embedding.step", both("lr", "0.1"), TypeError, r"^lr must be a real number, got '0.1'$"),
+        Row("lr-array", "Embedding.step", both("lr", lambda _: np.ones(V)), TypeError, r"^lr must be a real number"),
+        Row("weights-shape", "Embedding.set_weights", both("weights", lambda _: [np.zeros((V + 1, D))]), ValueError,
+            r"^weights must have shape \(10, 3\), got \(11, 3\)$"),
+        Row("weights-bool", "Embedding.set_weights", both("weights", lambda _: np.ones((V, D), bool)), TypeError,
+            r"^weights must be numeric, got dtype bool$"),
+        Row("matrix-rank-1", "Embedding.from_pretrained", both("matrix", lambda _: np.zeros(V)), ValueError,
+            r"^a pre-trained matrix must be 2-D \(V, D\), got shape \(10,\)$"),
+        Row("matrix-V0", "Embedding.from_pretrained", both("matrix", lambda _: np.zeros((0, D))), ValueError,
+            r"^input_dim must be a positive int, got 0$"),
+        Row("matrix-D0", "Embedding.from_pretrained", both("matrix", lambda _: np.zeros((V, 0))), ValueError,
+            r"^output_dim must be a positive int, got 0$"),
+        Row("matrix-strings", "Embedding.from_pretrained", both("matrix", lambda _: _table().astype(str)), TypeError,
+            r"^weights must be numeric, got dtype <U"),
+        Row("path-missing-directory", "Embedding.save", both("path", "/nonexistent-dir/layer.npz"),
+            FileNotFoundError, r"nonexistent-dir"),
+        # SparseGrad
+        Row("rows-negative", "SparseGrad", both("rows", np.array([-1, 4])), ValueError, r"^rows\[0\] = -1 is negative$"),
+        Row("rows-unsorted", "SparseGrad", both("rows", np.array([4, 1])), ValueError,
+            r"^rows must be sorted and unique: rows\[1\] = 1 follows 4$"),
+        Row("rows-duplicate", "SparseGrad", both("rows", np.array([4, 4])), ValueError,
+            r"^rows must be sorted and unique: rows\[1\] = 4 follows 4$"),
+        Row("rows-equal-num_rows", "SparseGrad", both("rows", np.array([1, V])), ValueError,
+            rf"^rows\[1\] = {V} is out of range \[0, {V}\)$"),
+        Row("rows-float", "SparseGrad", both("rows", np.array([1.0, 4.0])), TypeError,
+            r"^rows must be integers, got dtype float64$"),
+        Row("values-int", "SparseGrad", both("values", np.ones((2, D), int)), TypeError,
+            r"^values must be float32 or float64, got dtype int64$"),
+        Row("values-rank-1", "SparseGrad", both("values", np.ones(2)), ValueError,
+            r"^rows must be \(U,\) and values \(U, D\); got \(2,\) and \(2,\)$"),
+        Row("num_rows-zero", "SparseGrad", both("num_rows", 0), ValueError, r"^num_rows must be a positive int, got 0$"),
+        Row("num_rows-negative", "SparseGrad.to_dense", both("args", (-1,)), ValueError,
+            r"^num_rows must be a positive int, got -1$"),
+        Row("num_rows-too-small", "SparseGrad.to_dense", both("args", (4,)), ValueError,
+            r"^num_rows=4 is too small: this gradient has row 4$"),
+        Row("num_rows-float", "SparseGrad.to_dense", both("args", (2.5,)), TypeError,
+            r"^num_rows must be a positive int, got 2.5$"),
+        Row("num_rows-unknown", "SparseGrad.to_dense", both("grad", lambda _: fastembed.SparseGrad([1], np.ones((1, D)))),
+            ValueError, r"^to_dense needs num_rows"),
+        Row("num_rows-differ", "SparseGrad.__add__", both("b", lambda _: fastembed.SparseGrad([2], np.ones((1, D)), V + 1)),
+            ValueError, rf"^cannot add gradients of tables of {V} and {V + 1} rows$"),
+        Row("dim-differ", "SparseGrad.__add__", both("b", lambda _: fastembed.SparseGrad([2], np.ones((1, D + 1)), V)),
+            ValueError, rf"^cannot add sparse gradients of widths {D} and {D + 1}$"),
+        # gradcheck
+        Row("eps-zero", "gradcheck", both("eps", 0.0), ValueError, r"^eps must be positive, got 0.0$"),
+        Row("eps-negative", "gradcheck", both("eps", -1e-6), ValueError, r"^eps must be positive, got -1e-06$"),
+        Row("eps-nan", "gradcheck", both("eps", float("nan")), ValueError, r"^eps must be finite, got nan$"),
+    ]
+    ok = [
+        Row("table-strided", "gather", both("table", lambda _: _strided(_table()))),
+        Row("table-fortran-order", "gather", both("table", lambda _: np.asfortranarray(_table()))),
+        Row("table-read-only", "gather", both("table", lambda _: _readonly(_table()))),
+        Row("table-float64", "gather", both("table", lambda _: _table(np.float64))),
+        Row("table-V0-no-ids", "gather", many(table=lambda _: np.zeros((0, D), np.float32),
+                                               ids=lambda _: np.zeros((0, 4), np.int64))),
+        Row("table-D0", "gather", both("table", lambda _: np.zeros((V, 0), np.float32))),
+        Row("ids-0d", "gather", both("ids", lambda _: np.array(7))),
+        Row("ids-empty", "gather", both("ids", lambda _: np.zeros((3, 0), np.int32))),
+        Row("ids-empty-list", "gather", both("ids", [])),
+        Row("grad_out-strided", "sparse_grad", both("grad_out", lambda _: _strided(_grad()))),
+        Row("grad_out-read-only", "sparse_grad", both("grad_out", lambda _: _readonly(_grad()))),
+        Row("grad_out-int", "sparse_grad", both("grad_out", lambda _: np.arange(6 * D).reshape(SHAPE + (D,)))),
+        Row("grad_out-D0", "sparse_grad", both("grad_out", lambda _: np.zeros(SHAPE + (0,)))),
+        Row("ids-empty", "sparse_grad", many(ids=lambda _: np.zeros(0, np.int64), grad_out=lambda _: np.zeros((0, D)))),
+        Row("num_rows-none", "sparse_grad", many(num_rows=None, ids=_put(2**40))),
+        Row("dense_grad-strided", "scatter_add", both("dense_grad", lambda _: _strided(np.zeros((V, D))))),
+        Row("dense_grad-float32", "scatter_add", both("dense_grad", lambda _: np.zeros((V, D), np.float32))),
+        Row("dense_grad-D0", "scatter_add", many(dense_grad=lambda _: np.zeros((V, 0)),
+                                                 grad_out=lambda _: np.zeros(SHAPE + (0,)))),
+        Row("grad_out-read-only", "scatter_add", both("grad_out", lambda _: _readonly(_grad()))),
+        Row("grad_out-fortran", "scatter_add", both("grad_out", lambda _: np.asfortranarray(_grad()))),
+        Row("grad_out-list", "Embedding.backward", both("grad_out", lambda _: _grad().tolist())),
+    ]
+    return bad, ok
+
+
+def _all_rows():
+    bad, ok = _specific_rows()
+    for entry in ENTRIES.values():
+        if "ids" in entry.roles:
+            bad += _ids_rows(entry)
+            if entry.oracle is not None:
+                ok += _ids_ok_rows(entry)
+        if "threads" in entry.roles:
+            bad += _threads_rows(entry)
+            if entry.oracle is not None:
+                ok += [Row(f"n_threads-{t}", entry.name, _set("n_threads", t)) for t in (1, 2, 3, 8)]
+                ok += [Row("n_threads-numpy-int", entry.name, _set("n_threads", np.int64(2)))]
+        if "policy" in entry.roles:
+            bad += _policy_rows(entry)
+    return bad, ok
+
+
+BAD_ROWS, OK_ROWS = _all_rows()
+
+
+def _fingerprint(value):
+    """Everything a call could have changed, as comparable bytes (a view's base is included)."""
+    if isinstance(value, np.ndarray):
+        own = (value.dtype.str, value.shape, value.tobytes() if value.dtype != object else tuple(value.flat))
+        return own + (_fingerprint(value.base) if isinstance(value.base, np.ndarray) else None,)
+    if isinstance(value, fastembed.Embedding):
+        return ("layer", _fingerprint(value.embeddings), _fingerprint(value.grad), repr(value))
+    if isinstance(value, fastembed.SparseGrad):
+        return ("sparse", _fingerprint(value.rows), _fingerprint(value.values), value.num_rows)
+    if isinstance(value, (list, tuple)):
+        return tuple(_fingerprint(v) for v in value)
+    if isinstance(value, dict):
+        return tuple((k, _fingerprint(v)) for k, v in sorted(value.items()))
+    return repr(value)
+
+
+def test_every_entry_point_has_rows():
+    covered = {row.entry for row in BAD_ROWS}
+    assert covered == set(ENTRIES), set(ENTRIES) - covered
+    assert len({(row.entry, row.id) for row in BAD_ROWS + OK_ROWS}) == len(BAD_ROWS) + len(OK_ROWS)
+
+
+@pytest.mark.parametrize("row", BAD_ROWS, ids=lambda row: f"{row.entry}:{row.id}")
+def test_bad_input_raises_precisely_and_changes_nothing(row):
+    args = ENTRIES[row.entry].make()
+    row.mutate(args)
+    before = _fingerprint(args)
+    before_threads = fastembed.get_num_threads()
+    with pytest.raises(row.exc, match=row.match) as info:
+        ENTRIES[row.entry].call(args)
+    assert type(info.value) is row.exc, f"raised {type(info.value).__name__}, not {row.exc.__name__}"
+    assert _fingerprint(args) == before
+    assert fastembed.get_num_threads() == before_threads
+
+
+@pytest.mark.parametrize("row", OK_ROWS, ids=lambda row: f"{row.entry}:{row.id}")
+def test_accepted_input_matches_oracle(row):
+    entry = ENTRIES[row.entry]
+    args = entry.make()
+    row.mutate(args)
+    expected = entry.oracle(copy.deepcopy(args))
+    results = entry.result(entry.call(args))
+    assert len(results) == len(expected)
+    for got, want in zip(results, expected):
+        assert got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+
+
+def test_save_failure_leaves_no_file_behind(tmp_path):
+    layer = _layer()
+    target = tmp_path / "layer.npz"
+    layer.save(target)
+    before = target.read_bytes()
+    layer.embeddings[...] = 1.0
+    with pytest.raises(TypeError, match="meta must be JSON-serialisable"):
+        fastembed.checkpoint.save_arrays(target, {"embeddings": layer.embeddings}, {"bad": object()})
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["layer.npz"]
