@@ -12,8 +12,9 @@ Each world size runs as that many local processes on gloo over loopback TCP. Eve
 (waiting for slower peers included) and the rest (fastembed's kernels, routing, Python). The first line, "plain",
 is one process with an unsharded ``fastembed.Embedding`` and the same fused optimizer: the kernels alone.
 
-Ranks get ``cores // W`` threads each (at least one): with more ranks than cores they share cores, and the
-figures show what the exchange costs rather than a speed-up.
+Ranks get ``cores // W`` threads each (at least one), or ``--threads``: with more ranks than cores they share
+cores, and the figures show what the exchange costs rather than a speed-up. On a machine other jobs also load,
+give ``--threads 1``: an OpenMP team whose threads cannot all run at once waits at every barrier.
 """
 import argparse
 import os
@@ -38,13 +39,17 @@ def _batches(args, rank, batch):
     return ids, rng.standard_normal((batch, args.dim)).astype(args.dtype)
 
 
+def _threads(args, world):
+    return args.threads or max(1, (os.cpu_count() or 1) // world)
+
+
 def _rank_main(rank, world, args, rendezvous, queue):
     import torch
     import torch.distributed as dist
 
     from fastembed import distributed
 
-    threads = max(1, (os.cpu_count() or 1) // world)
+    threads = _threads(args, world)
     torch.set_num_threads(threads)
     try:
         dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
@@ -80,8 +85,8 @@ def _plain(args, batch):
     steps = []
     for i, ids in enumerate(batches):
         began = time.perf_counter()
-        table(ids)
-        opt.fused_step(ids, grad)
+        table(ids, n_threads=_threads(args, 1))
+        opt.fused_step(ids, grad, n_threads=_threads(args, 1))
         if i >= args.warmup:
             steps.append(time.perf_counter() - began)
     return statistics.median(steps)
@@ -109,7 +114,7 @@ def _launch(world, args):
     failures = [f"rank {rank}: {error}" for rank, _, error in answers if error]
     if failures:
         raise RuntimeError(f"world of {world} failed: " + "; ".join(failures))
-    return dict((rank, results) for rank, results, _ in answers)
+    return {rank: results for rank, results, _ in answers}
 
 
 def _summary(per_rank, batch):
@@ -133,12 +138,14 @@ def main(argv=None):
     parser.add_argument("--zipf-a", type=float, default=1.1)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="threads per rank (default: cores // world)")
     parser.add_argument("--deadline", type=float, default=600, help="seconds before a world is given up")
     args = parser.parse_args(argv)
 
     cores = os.cpu_count() or 1
     print(f"# {args.rows:,} x {args.dim} {args.dtype}, {args.optimizer}, partition {args.partition}, "
-          f"{args.ids} ids, {args.steps} steps; {cores} cores on this machine (ranks get cores // W threads)")
+          f"{args.ids} ids, {args.steps} steps; {cores} cores on this machine, "
+          + (f"{args.threads} thread(s) per rank" if args.threads else "cores // W threads per rank"))
     print("| world | ids/rank | step ms | global ids/s | in collectives ms | local ms |")
     print("|---|---|---|---|---|---|")
     for batch in args.batches:

@@ -49,8 +49,9 @@ from fastembed.layers import Embedding
 from fastembed.ops import gather, sparse_grad
 from fastembed.sparse import SparseGrad
 
+# ShardedEmbeddingModule is here too, built on first use (it imports torch), so ``import *`` leaves it out.
 __all__ = ["MANIFEST", "OPTIMIZERS", "PARTITIONS", "PeerError", "ShardedEmbedding", "ShardedEmbeddingBag",
-           "ShardedEmbeddingModule", "initial_rows"]
+           "initial_rows"]
 
 PARTITIONS = ("mod", "range")
 OPTIMIZERS = {"sgd": optim.SGD, "adagrad": optim.Adagrad, "rowwise_adagrad": optim.RowWiseAdagrad,
@@ -307,7 +308,7 @@ class _Route:
     rows (U, D): the rows fetched, kept for max pooling, whose backward needs them.
     """
 
-    __slots__ = ("slot", "local_ids", "send_counts", "recv_counts", "recv_ids", "seq", "rows")
+    __slots__ = ("local_ids", "recv_counts", "recv_ids", "rows", "send_counts", "seq", "slot")
 
     def __init__(self, slot, local_ids, send_counts):
         self.slot, self.local_ids, self.send_counts = slot, local_ids, send_counts
@@ -339,7 +340,7 @@ class ShardedEmbedding:
             one-process table when torch.distributed is not initialised.
         dtype: ``"float32"`` or ``"float64"``.
         timeout: seconds (or a ``timedelta``) each collective may wait for the peers before ``PeerError``;
-            None: the process group's timeout.
+            None: the process group's timeout. Can be changed later (``table.timeout = 5``).
         n_threads: threads of the local kernels; None: the cores divided by ``LOCAL_WORLD_SIZE`` under
             torchrun, else fastembed's default. Give each rank its own cores when several share a machine.
 
@@ -357,7 +358,7 @@ class ShardedEmbedding:
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(map(repr, OPTIMIZERS))}; got {optimizer!r}")
         self.seed = _check_seed(seed)
-        self._timeout = _as_timeout(timeout)
+        self.timeout = timeout
         self.n_threads = _default_threads() if n_threads is None else resolve_threads(n_threads)
         self._torch, self._group, self.rank, self.world_size = _resolve_group(group)
         self._partition = _Partition(partition, self.num_rows, self.world_size)
@@ -407,6 +408,16 @@ class ShardedEmbedding:
     def owned_rows(self):
         """The global ids this rank owns, (n,) int64 in local-row order."""
         return self._partition.rows_of(self.rank)
+
+    @property
+    def timeout(self):
+        """How long each collective waits for the peers (a ``timedelta``), or None for the process group's
+        timeout. Settable, in seconds or as a ``timedelta``: a long one for a checkpoint, a short one for steps."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, timeout):
+        self._timeout = _as_timeout(timeout)
 
     # --- collectives ------------------------------------------------------------------------------------
     def _collective(self, operation, start):
@@ -637,11 +648,11 @@ class ShardedEmbedding:
 
         self._everywhere("save: write the shards", write_shard)
         state = self.optimizer.state_dict()
+        hyper = {key: np.asarray(state[key]).tolist() for key in self.optimizer.hyper_names}
         manifest = {"format": _FORMAT, "version": _VERSION, "class": type(self).__name__,
                     "config": self.get_config(), "steps": self.steps, "world_size": self.world_size,
                     "token": token, "shards": names,
-                    "optimizer": {"name": type(self.optimizer).__name__,
-                                  "hyper": {key: np.asarray(state[key]).tolist() for key in self.optimizer.hyper_names}}}
+                    "optimizer": {"name": type(self.optimizer).__name__, "hyper": hyper}}
         path = os.path.join(directory, MANIFEST)
 
         def write_manifest():

@@ -11,17 +11,23 @@ import subprocess
 import sys
 import time
 import traceback
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-dist = pytest.importorskip("torch.distributed")
-if not (dist.is_available() and dist.is_gloo_available()):
-    pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
+import fastembed
+from fastembed import checkpoint
+from fastembed import distributed as fd
 
-import fastembed  # noqa: E402
-from fastembed import checkpoint, distributed as fd, optim  # noqa: E402
+try:
+    import torch
+    import torch.distributed as dist
+except ImportError:
+    torch = dist = None
+# The one-process tests need neither torch nor a process group; the others need both.
+HAVE_GLOO = dist is not None and dist.is_available() and dist.is_gloo_available()
+needs_gloo = pytest.mark.skipif(not HAVE_GLOO, reason="needs torch.distributed with the gloo backend")
 
 V, D = 23, 5            # 23 rows: divisible by neither 2 nor 3
 SEED = 7
@@ -268,8 +274,9 @@ def _run_dead_peer(rank, world, directory):
     """The last rank leaves: with two ranks it stays alive but stops calling (the others time out); with three
     it exits at once (the others see the connection close)."""
     config = CONFIGS["adam-mod-float64"]
-    table = _make_table(config, timeout=PEER_TIMEOUT)
+    table = _make_table(config, timeout=60)
     _train_step(table, config, 0, world, rank)
+    table.timeout = PEER_TIMEOUT
     done = os.path.join(directory, "dead-peer-done")
     if rank == world - 1:
         # Leave only once the others have finished the step, so that no data of it is still in flight.
@@ -307,6 +314,8 @@ def _run_dead_peer(rank, world, directory):
 # --- launching ----------------------------------------------------------------------------------------------
 def _launch(world, directory, source=None):
     """Run ``_rank_main`` on ``world`` processes; every process is reaped, killed if it overruns."""
+    if not HAVE_GLOO:
+        pytest.skip("needs torch.distributed with the gloo backend")
     context = multiprocessing.get_context("forkserver")
     # The forkserver imports torch once; every rank is forked from it (no second import, no inherited threads).
     context.set_forkserver_preload(["torch", "torch.distributed", "fastembed.distributed"])
@@ -325,8 +334,7 @@ def _launch(world, directory, source=None):
             if process.is_alive():
                 process.kill()
             process.join()
-    errors = [open(os.path.join(directory, name)).read() for name in sorted(os.listdir(directory))
-              if name.startswith("error-")]
+    errors = [path.read_text() for path in sorted(Path(directory).glob("error-*"))]
     codes = [p.exitcode for p in processes]
     if errors or any(codes):
         pytest.fail(f"world of {world}: exit codes {codes}\n" + "\n".join(errors))
@@ -347,6 +355,10 @@ def world3(tmp_path_factory, world2):
 def run(request):
     """(directory, world size) of one launched world."""
     return request.getfixturevalue(f"world{request.param}"), request.param
+
+
+def _manifest(directory):
+    return json.loads((Path(directory) / fd.MANIFEST).read_text())
 
 
 def _load(directory, name, rank):
@@ -529,13 +541,13 @@ def test_checkpoints_reshard_across_world_sizes(world2, world3, name):
             _close(np.asarray(value, dtype=float), np.asarray(expected_state[key], dtype=float), config["dtype"], key)
     # The second save replaced the first: one manifest and the two shards it names, nothing else.
     folder = os.path.join(world2, f"checkpoint-{name}")
-    manifest = json.load(open(os.path.join(folder, fd.MANIFEST)))
+    manifest = _manifest(folder)
     assert sorted(os.listdir(folder)) == sorted(manifest["shards"] + [fd.MANIFEST])
 
 
 def test_damaged_checkpoints_are_refused(world2, tmp_path):
     source = os.path.join(world2, "checkpoint-adam-mod-float64")
-    manifest = json.load(open(os.path.join(source, fd.MANIFEST)))
+    manifest = _manifest(source)
     with pytest.raises(checkpoint.CheckpointError, match="holds a ShardedEmbedding, not a ShardedEmbeddingBag"):
         fd.ShardedEmbeddingBag.load(source)
     with pytest.raises(checkpoint.CheckpointError, match="no manifest"):
@@ -543,7 +555,7 @@ def test_damaged_checkpoints_are_refused(world2, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
     for name in manifest["shards"]:
-        (broken / name).write_bytes(open(os.path.join(source, name), "rb").read())
+        (broken / name).write_bytes((Path(source) / name).read_bytes())
     (broken / fd.MANIFEST).write_text(json.dumps(dict(manifest, token=manifest["token"] + 1)))
     with pytest.raises(checkpoint.CheckpointError, match="is not shard 0 of the checkpoint"):
         fd.ShardedEmbedding.load(broken)
@@ -596,10 +608,22 @@ def test_one_process_table_and_bad_arguments():
         fd.ShardedEmbedding(V, D, init="truncated_normal")
     with pytest.raises(ValueError, match="timeout must be positive"):
         fd.ShardedEmbedding(V, D, timeout=0)
+    with pytest.raises(TypeError, match="timeout must be seconds"):
+        table.timeout = "5"
+    table.timeout = 1.5
+    assert table.timeout.total_seconds() == 1.5
     with pytest.raises(ValueError, match=r"init\(rows\) must return \(len\(rows\), dim\)"):
         fd.ShardedEmbedding(V, D, init=lambda rows: np.zeros((len(rows), D + 1)))
+
+
+@needs_gloo
+def test_module_refuses_bag_arguments_for_a_lookup():
+    table = fd.ShardedEmbedding(V, D, n_threads=1)
     with pytest.raises(TypeError, match="offsets and per_sample_weights apply to a ShardedEmbeddingBag only"):
         fd.ShardedEmbeddingModule(table)(torch.tensor([1]), torch.tensor([0]))
+    bags = fd.ShardedEmbeddingModule(fd.ShardedEmbeddingBag(V, D, n_threads=1))
+    with pytest.raises(ValueError, match="per_sample_weights get no gradient"):
+        bags(torch.tensor([[1, 2]]), None, torch.ones(1, 2, requires_grad=True))
 
 
 def test_importing_fastembed_does_not_import_torch():
