@@ -41,7 +41,7 @@ import time
 
 import numpy as np
 
-from fastembed import _index, checkpoint, initializers, optim
+from fastembed import _index, _scatter, checkpoint, initializers, optim
 from fastembed._threads import resolve_threads
 from fastembed._validation import FLOAT_DTYPES, as_float, as_ids, check_grad_shape, check_positive_int, check_rows
 from fastembed.bags import check_mode, embedding_bag, embedding_bag_backward, prepare_bags
@@ -301,17 +301,19 @@ def _as_timeout(timeout):
 class _Route:
     """How one batch's distinct ids travel.
 
-    slot (N,) int64: for each position of the batch, the place of its id among the distinct ids in send order.
+    slot (N,) int64: for each position of the batch, the place of its id among the distinct ids in send order;
+    order (N,), seg_ptr (U + 1,) int64: the positions of each distinct id (``group_rows``'s grouping).
     local_ids (U,) int64: the distinct ids as rows of their owners, bucketed by owner (rank order).
     send_counts (W,) int64: how many distinct ids go to each rank. recv_counts (W,), recv_ids (R,): what each
     peer asked of this rank (None until exchanged). seq: the forward call that exchanged them (0: none).
     rows (U, D): the rows fetched, kept for max pooling, whose backward needs them.
     """
 
-    __slots__ = ("local_ids", "recv_counts", "recv_ids", "rows", "send_counts", "seq", "slot")
+    __slots__ = ("local_ids", "order", "recv_counts", "recv_ids", "rows", "seg_ptr", "send_counts", "seq", "slot")
 
-    def __init__(self, slot, local_ids, send_counts):
-        self.slot, self.local_ids, self.send_counts = slot, local_ids, send_counts
+    def __init__(self, slot, order, seg_ptr, local_ids, send_counts):
+        self.slot, self.order, self.seg_ptr = slot, order, seg_ptr
+        self.local_ids, self.send_counts = local_ids, send_counts
         self.recv_counts = self.recv_ids = self.rows = None
         self.seq = 0
 
@@ -320,7 +322,7 @@ class _Route:
         return self.local_ids.shape[0]
 
     def unexchanged(self):
-        return _Route(self.slot, self.local_ids, self.send_counts)
+        return _Route(self.slot, self.order, self.seg_ptr, self.local_ids, self.send_counts)
 
 
 # --- tables -------------------------------------------------------------------------------------------------
@@ -489,7 +491,8 @@ class ShardedEmbedding:
         slot = np.empty(keys.shape[0], np.int64)
         slot[order] = np.repeat(np.arange(distinct.shape[0], dtype=np.int64), np.diff(seg_ptr))
         owner, local_ids = self._partition.from_key(distinct)
-        return _Route(slot, local_ids, np.bincount(owner, minlength=self.world_size).astype(np.int64))
+        return _Route(slot, order, seg_ptr, local_ids,
+                      np.bincount(owner, minlength=self.world_size).astype(np.int64))
 
     def _exchange(self, route, during):
         route.recv_counts = self._all_to_all(route.send_counts, self._ones, self._ones,
@@ -561,10 +564,13 @@ class ShardedEmbedding:
         return gather(rows, route.slot.reshape(shape), n_threads=self.n_threads)
 
     def _distinct_grads(self, route, shape, grad):
-        """The summed gradient of each distinct id, (U, D) in send order."""
-        # Every slot occurs, so the rows of the result are exactly 0..U-1 (num_rows must be at least 1).
-        return sparse_grad(route.slot, grad.reshape(-1, self.dim), num_rows=max(route.n_distinct, 1),
-                           n_threads=self.n_threads).values
+        """The summed gradient of each distinct id, (U, D) in send order: ``sparse_grad``'s reduction, on the
+        grouping the route already holds."""
+        grad = np.ascontiguousarray(grad).reshape(-1, self.dim)
+        values = np.empty((route.n_distinct, self.dim), self.dtype)
+        _scatter.segment_sum_rows(grad, route.order, route.seg_ptr, values,
+                                  resolve_threads(self.n_threads, grad.nbytes))
+        return values
 
     def __call__(self, ids):
         """Look up ``ids`` (integers of any shape in ``[0, num_rows)``) → ``ids.shape + (dim,)``, the table's
