@@ -8,9 +8,11 @@ Run from the repository root (after building in place):
 Each world size runs as that many local processes on gloo over loopback TCP. Every rank looks up its own batch
 (weak scaling: the global batch is W x --batch), sends the gradients to the owners and steps its optimizer:
 ``table(ids); table.backward(ids, grad); table.step()``. Per world size and batch it prints the median step time
-(the slowest rank's), the global ids per second, and how a rank's step splits into time inside collectives
-(waiting for slower peers included) and the rest (fastembed's kernels, routing, Python). The first line, "plain",
-is one process with an unsharded ``fastembed.Embedding`` and the same fused optimizer: the kernels alone.
+(the slowest rank's), the global ids per second, how a rank's step splits into time inside collectives (waiting
+for slower peers included) and the rest (fastembed's kernels, routing, Python), and the CPU time of a step summed
+over the ranks (every thread, the transport's included): on a machine that other jobs also load, wall times
+stretch but CPU times hold, so ids per CPU-second compare world sizes fairly. The first lines, "plain", are one
+process with an unsharded ``fastembed.Embedding`` and the same fused optimizer: the kernels alone.
 
 Ranks get ``cores // W`` threads each (at least one), or ``--threads``: with more ranks than cores they share
 cores, and the figures show what the exchange costs rather than a speed-up. On a machine other jobs also load,
@@ -59,16 +61,17 @@ def _rank_main(rank, world, args, rendezvous, queue):
         for batch in args.batches:
             batches, grad = _batches(args, rank, batch)
             dist.barrier()
-            steps, comms = [], []
+            steps, comms, cpus = [], [], []
             for i, ids in enumerate(batches):
-                began, comm = time.perf_counter(), table.comm_seconds
+                began, comm, cpu = time.perf_counter(), table.comm_seconds, time.process_time()
                 table(ids)
                 table.backward(ids, grad)
                 table.step()
                 if i >= args.warmup:
                     steps.append(time.perf_counter() - began)
                     comms.append(table.comm_seconds - comm)
-            results[batch] = (steps, comms)
+                    cpus.append(time.process_time() - cpu)
+            results[batch] = (steps, comms, cpus)
         queue.put((rank, results, None))
     except BaseException as error:
         queue.put((rank, None, f"{type(error).__name__}: {error}"))
@@ -82,14 +85,15 @@ def _plain(args, batch):
     opt = {"adam": fastembed.optim.SparseAdam, "rowwise_adagrad": fastembed.optim.RowWiseAdagrad,
            "adagrad": fastembed.optim.Adagrad, "sgd": fastembed.optim.SGD}[args.optimizer](table, lr=0.01)
     batches, grad = _batches(args, 0, batch)
-    steps = []
+    steps, cpus = [], []
     for i, ids in enumerate(batches):
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         table(ids, n_threads=_threads(args, 1))
         opt.fused_step(ids, grad, n_threads=_threads(args, 1))
         if i >= args.warmup:
             steps.append(time.perf_counter() - began)
-    return statistics.median(steps)
+            cpus.append(time.process_time() - cpu)
+    return statistics.median(steps), statistics.median(cpus)
 
 
 def _launch(world, args):
@@ -118,11 +122,11 @@ def _launch(world, args):
 
 
 def _summary(per_rank, batch):
-    """Median over steps of: the slowest rank's step, and the mean over ranks of time in / out of collectives."""
-    steps = np.array([per_rank[rank][batch][0] for rank in sorted(per_rank)])
-    comms = np.array([per_rank[rank][batch][1] for rank in sorted(per_rank)])
+    """Median over steps of: the slowest rank's step, the mean over ranks of time in / out of collectives, and
+    the CPU time summed over ranks."""
+    steps, comms, cpus = (np.array([per_rank[rank][batch][k] for rank in sorted(per_rank)]) for k in range(3))
     return (float(np.median(steps.max(axis=0))), float(np.median(comms.mean(axis=0))),
-            float(np.median((steps - comms).mean(axis=0))))
+            float(np.median((steps - comms).mean(axis=0))), float(np.median(cpus.sum(axis=0))))
 
 
 def main(argv=None):
@@ -146,17 +150,19 @@ def main(argv=None):
     print(f"# {args.rows:,} x {args.dim} {args.dtype}, {args.optimizer}, partition {args.partition}, "
           f"{args.ids} ids, {args.steps} steps; {cores} cores on this machine, "
           + (f"{args.threads} thread(s) per rank" if args.threads else "cores // W threads per rank"))
-    print("| world | ids/rank | step ms | global ids/s | in collectives ms | local ms |")
-    print("|---|---|---|---|---|---|")
+    print("| world | ids/rank | step ms | global ids/s | in collectives ms | local ms | CPU ms, all ranks "
+          "| ids per CPU-s |")
+    print("|---|---|---|---|---|---|---|---|")
     for batch in args.batches:
-        step = _plain(args, batch)
-        print(f"| plain | {batch} | {step * 1e3:.2f} | {batch / step:,.0f} | – | {step * 1e3:.2f} |", flush=True)
+        step, cpu = _plain(args, batch)
+        print(f"| plain | {batch} | {step * 1e3:.2f} | {batch / step:,.0f} | – | {step * 1e3:.2f} | {cpu * 1e3:.2f} "
+              f"| {batch / cpu:,.0f} |", flush=True)
     for world in args.worlds:
         per_rank = _launch(world, args)
         for batch in args.batches:
-            step, comm, local = _summary(per_rank, batch)
+            step, comm, local, cpu = _summary(per_rank, batch)
             print(f"| {world} | {batch} | {step * 1e3:.2f} | {world * batch / step:,.0f} | {comm * 1e3:.2f} | "
-                  f"{local * 1e3:.2f} |", flush=True)
+                  f"{local * 1e3:.2f} | {cpu * 1e3:.2f} | {world * batch / cpu:,.0f} |", flush=True)
     return 0
 
 

@@ -126,10 +126,6 @@ def _make_table(config, **extra):
     return fd.ShardedEmbedding(V, D, **common)
 
 
-def _forward(table, call):
-    return table(**call)
-
-
 def _backward(table, call, grad):
     if isinstance(table, fd.ShardedEmbeddingBag):
         table.backward(call["ids"], call["offsets"], grad, per_sample_weights=call["per_sample_weights"])
@@ -158,19 +154,26 @@ def _save(directory, name, rank, **arrays):
     np.savez(os.path.join(directory, f"{name}-rank{rank}.npz"), **arrays)
 
 
+def _train_step(table, config, step, world, rank, record=None):
+    """Play the step's schedule; ``record`` (a dict) gets the outputs and this rank's gradient before ``step()``."""
+    for k, op in enumerate(_schedule(config, step, world, rank)):
+        if op[0] == "forward":
+            out = table(**op[1])
+            if record is not None:
+                record[f"out-{step}-{k}"] = out
+        else:
+            _backward(table, op[1], op[2])
+    if record is not None:
+        record[f"grad-rows-{step}"], record[f"grad-values-{step}"] = table.grad.rows, table.grad.values
+    table.step()
+
+
 def _run_equality(rank, world, directory):
     for name, config in CONFIGS.items():
         table = _make_table(config, timeout=60)
         record = {"initial": table.full_weights(), "owned": table.owned_rows()}
         for step in range(STEPS):
-            for k, op in enumerate(_schedule(config, step, world, rank)):
-                if op[0] == "forward":
-                    record[f"out-{step}-{k}"] = _forward(table, op[1])
-                else:
-                    _backward(table, op[1], op[2])
-            grad = table.grad
-            record[f"grad-rows-{step}"], record[f"grad-values-{step}"] = grad.rows, grad.values
-            table.step()
+            _train_step(table, config, step, world, rank, record)
         record["final"] = table.full_weights()
         _save(directory, name, rank, **record)
 
@@ -233,15 +236,6 @@ CHECKPOINT_CASES = {"adam-mod-float64": ("range", CONFIGS["adam-mod-float64"]),
                     "rowwise_adagrad-range-float32": ("mod", CONFIGS["rowwise_adagrad-range-float32"])}
 
 
-def _train_step(table, config, step, world, rank):
-    for op in _schedule(config, step, world, rank):
-        if op[0] == "forward":
-            _forward(table, op[1])
-        else:
-            _backward(table, op[1], op[2])
-    table.step()
-
-
 def _run_checkpoints(rank, world, directory, source):
     """Two ranks train two steps and save (twice, replacing the first save); three ranks load that into the
     other partition, train one more step and save."""
@@ -265,8 +259,11 @@ def _run_checkpoints(rank, world, directory, source):
         _save(directory, f"checkpoint-{name}", rank, **record)
 
 
-def _wait_for(paths):
+def _wait_for(paths, seconds=60):
+    deadline = time.monotonic() + seconds
     while not all(os.path.exists(path) for path in paths):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {seconds} s for {paths}")
         time.sleep(0.05)
 
 
@@ -277,15 +274,15 @@ def _run_dead_peer(rank, world, directory):
     table = _make_table(config, timeout=60)
     _train_step(table, config, 0, world, rank)
     table.timeout = PEER_TIMEOUT
-    done = os.path.join(directory, "dead-peer-done")
+    flags = os.path.join(directory, "dead-peer-{}.{}")
     if rank == world - 1:
         # Leave only once the others have finished the step, so that no data of it is still in flight.
-        _wait_for([os.path.join(directory, f"dead-peer-ready.{r}") for r in range(world - 1)])
+        _wait_for([flags.format("ready", r) for r in range(world - 1)])
         if world == 3:
             os._exit(0)
-        _wait_for([done])
+        _wait_for([flags.format("done", r) for r in range(world - 1)])
         return
-    open(os.path.join(directory, f"dead-peer-ready.{rank}"), "w").close()
+    Path(flags.format("ready", rank)).touch()
     ids = np.arange(5)
     began = time.monotonic()
     try:
@@ -304,11 +301,7 @@ def _run_dead_peer(rank, world, directory):
               "message": np.array(str(first)), "again_message": np.array(str(second)),
               "operation": np.array(getattr(first, "operation", "")), "step": getattr(first, "step", -1)}
     _save(directory, "dead-peer", rank, **record)
-    with open(done + f".{rank}", "w"):
-        pass
-    if all(os.path.exists(done + f".{r}") for r in range(world - 1)):
-        with open(done, "w"):
-            pass
+    Path(flags.format("done", rank)).touch()
 
 
 # --- launching ----------------------------------------------------------------------------------------------
