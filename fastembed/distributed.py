@@ -7,11 +7,17 @@ One training step, as every rank sees it:
   bucket sizes, then the ids, go to their owners (``all_to_all``); each owner gathers the rows asked of it
   (``gather``) and sends them back (``all_to_all``); the requesting rank expands them to the batch's shape, or
   pools its bags straight from them, so a row travels once per rank however often the batch repeats it.
-* backward: the requesting rank sums the gradient of each distinct id (``sparse_grad``, or the bag backward)
-  and sends it to the owner on the forward's routes (one ``all_to_all``, after checking that every rank is
-  answering the same forward call; otherwise the ids are exchanged again). The owner keeps what it receives.
+* backward: the requesting rank sums the gradient of each distinct id (``sparse_grad``'s or the bag
+  backward's reduction) and sends it to the owner on the forward's routes (one ``all_to_all``, after checking
+  that every rank is answering the same forward call; otherwise the ids are exchanged again). The owner keeps
+  what it receives.
 * ``step()``: each owner runs its fused optimizer (``fastembed.optim``) once per distinct row, summing the
   contributions in rank order. No communication.
+
+Without autograd: ``out = table(ids)`` (numpy in, numpy out), ``table.backward(ids, grad_out)``, ``table.step()``,
+``table.full_weights()``. With it, ``ShardedEmbeddingModule(table)`` is a ``torch.nn.Module`` whose output's
+gradient ``loss.backward()`` sends to the owners. Checkpoints: ``table.save(directory)`` (a file per rank and a
+manifest) and ``ShardedEmbedding.load(directory)`` on any number of ranks.
 
 The gradient of a row is the sum over all ranks: training on W ranks equals one process training on the
 concatenation of the W batches in rank order (TorchRec's convention for sharded tables). Average the dense
@@ -870,8 +876,8 @@ def _module_class():
         numpy arrays and returns a tensor whose gradient flows to the rest of the model; ``loss.backward()``
         sends the table's part to the owners (a collective: every rank must run it, through the module's
         output, each step), and ``module.step()`` applies the table's optimizer. The table is not a
-        ``Parameter``: keep it out of torch optimizers and of ``DistributedDataParallel`` (wrap the dense part
-        only). per_sample_weights get no gradient.
+        ``Parameter``: torch optimizers and ``DistributedDataParallel`` do not see it (wrap the dense part only),
+        nor does ``state_dict``: checkpoint it with ``module.table.save``. per_sample_weights get no gradient.
         """
 
         def __init__(self, table):
