@@ -622,3 +622,23 @@ def test_module_refuses_bag_arguments_for_a_lookup():
 def test_importing_fastembed_does_not_import_torch():
     code = "import sys, fastembed, fastembed.distributed; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+
+
+def test_one_process_bags_with_last_offsets_match_embedding_bag():
+    rng = np.random.default_rng(SEED)
+    table = fd.ShardedEmbeddingBag(V, D, mode="sqrtn", include_last_offset=True, optimizer="adagrad", lr=0.1,
+                                   dtype="float64", seed=SEED, n_threads=1)
+    layer = fastembed.EmbeddingBag(V, D, mode="sqrtn", include_last_offset=True, dtype="float64",
+                                   weights=fd.initial_rows(V, D, seed=SEED, dtype="float64"))
+    opt = fastembed.optim.Adagrad(layer, lr=0.1)
+    for _ in range(3):
+        ids, offsets = rng.integers(0, V, size=9), np.array([0, 4, 4, 9])
+        weights, grad = rng.uniform(0.5, 2.0, size=9), rng.standard_normal((3, D))
+        np.testing.assert_allclose(table(ids, offsets, weights), layer(ids, offsets, weights), rtol=1e-12, atol=1e-12)
+        table.backward(ids, offsets, grad, per_sample_weights=weights)
+        layer.backward(ids, offsets, grad, per_sample_weights=weights)
+        table.step()
+        opt.step()
+    np.testing.assert_allclose(table.full_weights(), layer.embeddings, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"grad_out must have shape \(number of bags, dim\) = \(3, 5\)"):
+        table.backward(ids, offsets, grad[:2])
