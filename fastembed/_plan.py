@@ -20,8 +20,9 @@ class GradPlan:
     """The rows a batch touches and how to sum each row's gradient.
 
     rows (U,) int64 sorted unique ids; order (N,), seg_ptr (U + 1,) from ``group_rows``; grad (R, D) the
-    output gradient; src (N,) the grad row of each position (its bag), empty when it is the position itself;
-    coef (N,) per-position factors or empty (all 1); argpos (R, D) max-mode winners or empty; by_freq: divide
+    output gradient; src (N,) the grad row (bag) of each term, in segment order, empty when it is the term's
+    position; coef (N,) each term's factor in segment order, or empty (all 1); argpos (R, D) max-mode
+    winners or empty; by_freq: divide
     each term by its row's count in the batch; skip: the segment of ``padding_idx`` (left out), or -1;
     threads: the thread count resolved for this batch.
     """
@@ -92,7 +93,7 @@ def bag_plan(bags, grad_out, dtype, scale_grad_by_freq=False, table=None):
     needs_coef = bags.mode in ("mean", "sqrtn") or (bags.mode == "sum" and bags.weights is not None)
     coef = np.empty(n_ids if needs_coef else 0, grad.dtype)
     weights = bags.weights_as(grad.dtype)
-    _bag.bag_terms(bags.ids, bags.offsets, weights, bags.mode_code, bags.padding, src, coef, bags.threads)
+    _bag.bag_terms(bags.ids, bags.offsets, weights, bags.mode_code, bags.padding, order, src, coef, bags.threads)
     argpos = NO_ARGPOS
     if bags.mode == "max":
         if table is None:

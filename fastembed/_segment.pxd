@@ -7,21 +7,23 @@
 from libc.stdint cimport int64_t
 from libc.string cimport memset
 
-from fastembed._memory cimport FE_PREFETCH_READ
+from fastembed._memory cimport fe_prefetch_row
 from fastembed._types cimport real_t
 
 cdef enum:
-    SEGMENT_PREFETCH = 8
+    SEGMENT_PREFETCH = 16
 
 
 cdef struct Segments:
-    const int64_t *order     # (N,) positions sorted stably by id
-    const int64_t *seg_ptr   # (U + 1,): the positions of segment s are order[seg_ptr[s]:seg_ptr[s + 1]]
-    const int64_t *src       # (N,) the grad row of each position (its bag); NULL: the position itself
+    # Every per-term array is in segment order (term k is the k-th position after sorting by id), so the
+    # reduction reads them sequentially; only the gradient rows they point to are random.
+    const int64_t *order     # (N,) the position of each term in the batch
+    const int64_t *seg_ptr   # (U + 1,): the terms of segment s are seg_ptr[s]:seg_ptr[s + 1]
+    const int64_t *src       # (N,) the grad row of each term (its bag); NULL: the term's position
     const int64_t *argpos    # (R, D) the position that won each (bag, column) of a max; NULL: all count
     Py_ssize_t n_ids
     Py_ssize_t dim
-    bint by_freq             # scale each term by 1 / (number of positions of the row)
+    bint by_freq             # scale each term by 1 / (number of terms of its row)
 
 
 cdef inline Segments make_segments(const int64_t[::1] order, const int64_t[::1] seg_ptr, const int64_t[::1] src,
@@ -40,27 +42,26 @@ cdef inline Segments make_segments(const int64_t[::1] order, const int64_t[::1] 
 
 cdef inline void reduce_segment(const Segments *seg, const real_t *grad, const real_t *coef, Py_ssize_t s,
                                 real_t *dst) noexcept nogil:
-    """``dst = sum_k c_k * grad[src[p_k]]`` over the positions ``p_k`` of segment ``s``, in increasing order.
+    """``dst = sum_k c_k * grad[src[k]]`` over the terms k of segment ``s``, in increasing order.
 
-    ``c_k = coef[p_k]`` (1 when ``coef`` is NULL), divided by the segment's length when ``by_freq``; with
-    ``argpos`` a column only counts where ``p_k`` is that bag's arg-max.
+    ``c_k = coef[k]`` (1 when ``coef`` is NULL), divided by the segment's length when ``by_freq``; with
+    ``argpos`` a column only counts where the term's position is that bag's arg-max.
     """
-    cdef int64_t k, pos, row, ahead, start = seg.seg_ptr[s], end = seg.seg_ptr[s + 1]
+    cdef int64_t k, row, ahead, start = seg.seg_ptr[s], end = seg.seg_ptr[s + 1]
     cdef Py_ssize_t j, dim = seg.dim
     cdef real_t c, freq = 1
     cdef const real_t *g
     cdef const int64_t *won
+    cdef const int64_t *rows = seg.src if seg.src != NULL else seg.order
     if seg.by_freq and end > start:
         freq = (<real_t>1) / <real_t>(end - start)
     memset(dst, 0, dim * sizeof(real_t))
     for k in range(start, end):
         ahead = k + SEGMENT_PREFETCH
         if ahead < seg.n_ids:
-            pos = seg.order[ahead]
-            FE_PREFETCH_READ(grad + (seg.src[pos] if seg.src != NULL else pos) * dim)
-        pos = seg.order[k]
-        row = seg.src[pos] if seg.src != NULL else pos
-        c = freq if coef == NULL else coef[pos] * freq
+            fe_prefetch_row(grad + rows[ahead] * dim, dim * sizeof(real_t))
+        row = rows[k]
+        c = freq if coef == NULL else coef[k] * freq
         g = grad + row * dim
         if seg.argpos == NULL:
             for j in range(dim):
@@ -68,5 +69,5 @@ cdef inline void reduce_segment(const Segments *seg, const real_t *grad, const r
         else:
             won = seg.argpos + row * dim
             for j in range(dim):
-                if won[j] == pos:
+                if won[j] == seg.order[k]:
                     dst[j] += c * g[j]

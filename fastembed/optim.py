@@ -176,7 +176,7 @@ class SparseOptimizer:
         step_size = self._advance()
         arrays = [self.state[name].reshape(-1) for name in self._state_shapes()]
         state1, state2 = (arrays + [_NO_STATE[table.dtype]] * 2)[:2]
-        scratch = np.empty((plan.threads, table.shape[1]), table.dtype)
+        scratch = np.empty((plan.threads, _optim.BLOCK_ROWS * table.shape[1]), table.dtype)
         hyper = {"momentum": 0.0, "beta1": 0.0, "beta2": 0.0, "eps": 0.0, "weight_decay": 0.0,
                  **self._kernel_hyper()}
         _optim.fused_update(self.kind, table, state1, state2, plan.rows, *plan.kernel_args(), self.lr,
