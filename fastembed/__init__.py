@@ -2,7 +2,8 @@
 
 The forward pass of an embedding is a row gather (``gather``); its backward pass is a sparse scatter-add
 of output gradients into the rows that were looked up (``sparse_grad``, ``scatter_add``). ``Embedding`` is
-a Keras-style layer over both; ``gradcheck`` verifies a layer's gradient numerically.
+a Keras-style layer over both; ``gradcheck`` verifies a layer's gradient numerically. ``renorm_`` bounds
+looked-up rows' norms in place, as PyTorch's ``max_norm``; ``lowp`` holds float16, bfloat16 and int8 tables.
 """
 import os as _os
 import warnings as _warnings
@@ -12,7 +13,9 @@ from fastembed._threads import get_num_threads, set_num_threads
 from fastembed.bags import EmbeddingBag, embedding_bag, embedding_bag_backward
 from fastembed.gradcheck import GradcheckReport, gradcheck
 from fastembed.layers import Embedding
+from fastembed import lowp
 from fastembed.ops import gather, scatter_add, sparse_grad
+from fastembed.renorm import renorm_
 from fastembed.sparse import SparseGrad
 from fastembed import optim
 
@@ -28,8 +31,10 @@ __all__ = [
     "gather",
     "get_num_threads",
     "gradcheck",
+    "lowp",
     "openmp_enabled",
     "optim",
+    "renorm_",
     "scatter_add",
     "set_num_threads",
     "sparse_grad",

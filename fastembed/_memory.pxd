@@ -1,4 +1,4 @@
-# Compiler hints used in the hot loops: software prefetch of rows a few iterations ahead.
+# Compiler hints for the hot loops: software prefetch of whole rows some iterations ahead.
 cdef extern from *:
     """
     #if defined(__GNUC__) || defined(__clang__)
@@ -21,16 +21,40 @@ cdef extern from *:
     void FE_PREFETCH_KEEP_WRITE(const void *p) noexcept nogil
 
 cdef enum:
-    FE_CACHE_LINE = 64
+    CACHE_LINE = 64
+    # Bytes of rows kept in flight ahead of the current one (see prefetch_distance).
+    PREFETCH_BYTES = 1024
+    MIN_PREFETCH_ROWS = 2
+    MAX_PREFETCH_ROWS = 16
+
+
+cdef inline Py_ssize_t prefetch_distance(Py_ssize_t row_bytes) noexcept nogil:
+    """How many rows ahead to prefetch: about PREFETCH_BYTES, clamped to a sane number of rows."""
+    cdef Py_ssize_t distance = PREFETCH_BYTES // row_bytes if row_bytes > 0 else MAX_PREFETCH_ROWS
+    return min(max(distance, MIN_PREFETCH_ROWS), MAX_PREFETCH_ROWS)
+
+
+cdef inline void prefetch_row_read(const void *row, Py_ssize_t row_bytes) noexcept nogil:
+    cdef Py_ssize_t b = 0
+    while b < row_bytes:
+        FE_PREFETCH_READ(<const char *>row + b)
+        b += CACHE_LINE
+
+
+cdef inline void prefetch_row_write(const void *row, Py_ssize_t row_bytes) noexcept nogil:
+    cdef Py_ssize_t b = 0
+    while b < row_bytes:
+        FE_PREFETCH_WRITE(<const char *>row + b)
+        b += CACHE_LINE
 
 
 cdef inline void fe_prefetch_row(const void *row, Py_ssize_t row_bytes) noexcept nogil:
-    """Prefetch every cache line of one table row (a row spans several lines when D * itemsize > 64)."""
+    """Prefetch every cache line of one table row into every cache level (T0)."""
     cdef const char *p = <const char *>row
     cdef Py_ssize_t b = 0
     while b < row_bytes:
         FE_PREFETCH_KEEP(p + b)
-        b += FE_CACHE_LINE
+        b += CACHE_LINE
 
 
 cdef inline void fe_prefetch_row_write(void *row, Py_ssize_t row_bytes) noexcept nogil:
@@ -38,4 +62,4 @@ cdef inline void fe_prefetch_row_write(void *row, Py_ssize_t row_bytes) noexcept
     cdef Py_ssize_t b = 0
     while b < row_bytes:
         FE_PREFETCH_KEEP_WRITE(p + b)
-        b += FE_CACHE_LINE
+        b += CACHE_LINE

@@ -82,6 +82,19 @@ def remap(flat_ids, n_rows, policy, n_threads):
     return mapped
 
 
+def read_mapped(read, flat_ids, out2d, n_rows, policy, n_threads):
+    """Fill ``out2d`` (N, D) through ``read(ids, out2d, n_threads)`` (a low-precision table's row reader), with
+    ``flat_ids`` mapped by ``policy``; rows that read nothing ("zero") are zero. Called only with stray ids."""
+    mapped = remap(flat_ids, n_rows, policy, n_threads)
+    missing = mapped == n_rows
+    if missing.all():
+        out2d[...] = 0
+        return
+    mapped[missing] = 0
+    read(mapped, out2d, n_threads)
+    out2d[missing] = 0
+
+
 def rows_read(flat_ids, n_rows, policy, n_threads=1):
     """The ids (N',) of the rows actually read, in input order: mapped by ``policy``, "zero" positions dropped."""
     if not needs_mapping(flat_ids, n_rows, policy, n_threads, flat_ids.shape):

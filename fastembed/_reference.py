@@ -124,3 +124,24 @@ def sparse_adam_update(table, rows, values, exp_avg, exp_avg_sq, step, lr, betas
     exp_avg_sq[rows] = beta2 * exp_avg_sq[rows] + (1 - beta2) * values * values
     step_size = lr * np.sqrt(1 - beta2**step) / (1 - beta1**step)
     table[rows] -= step_size * exp_avg[rows] / (np.sqrt(exp_avg_sq[rows]) + eps)
+
+
+def masked_sum(x, mask):
+    """``(B, D)``: for each sequence b, the sum of ``x[b, t]`` over its unmasked t, one sequence at a time."""
+    x, mask = np.asarray(x), np.asarray(mask, dtype=bool)
+    out = np.zeros((x.shape[0], x.shape[2]), x.dtype)
+    for b in range(x.shape[0]):
+        for t in range(x.shape[1]):
+            if mask[b, t]:
+                out[b] += x[b, t]
+    return out
+
+
+def masked_mean(x, mask):
+    """``masked_sum`` divided by each sequence's count of unmasked steps; zeros for a fully masked one."""
+    out = masked_sum(x, mask)
+    for b in range(out.shape[0]):
+        count = int(np.count_nonzero(mask[b]))
+        if count:
+            out[b] /= count
+    return out

@@ -1,17 +1,18 @@
 """Thread-count policy shared by every kernel call.
 
 ``n_threads=None`` means "the default": all usable cores (or what ``set_num_threads`` chose), cut to one
-thread for work too small to pay for starting a team. An explicit ``k > 0`` is honoured exactly, even for
-tiny work, so tests really run multi-threaded. The count is passed to each kernel as a plain int;
-``omp_set_num_threads`` is never called because it is process-wide.
+thread below 1 MiB of work: on a shared machine a team that waits for a descheduled member costs far more
+than small work gains from a second core. An explicit ``k > 0`` is honoured down to the kernels' own floor
+of 64 KiB, so tests of small arrays really run multi-threaded. The count is passed to each kernel as a
+plain int; ``omp_set_num_threads`` is never called because it is process-wide.
 """
 import os
 import threading
 
 from fastembed._build_info import openmp_enabled, openmp_max_threads
 
-# Below this many bytes touched, starting a thread team costs more than it saves.
-_PARALLEL_MIN_BYTES = 1 << 16
+# Below this many bytes touched, the default is one thread.
+_PARALLEL_MIN_BYTES = 1 << 20
 # OpenMP aborts the process when it cannot create a team's threads (n_threads=100000 crashed the interpreter),
 # so counts beyond any sensible oversubscription are refused up front.
 MAX_THREADS = max(256, 4 * (os.cpu_count() or 1))
@@ -60,7 +61,7 @@ def get_num_threads():
 def resolve_threads(n_threads, work_bytes=None):
     """The thread count one kernel call runs with.
 
-    n_threads: None (the default, cut to 1 for fewer than 64 KiB of work) or a positive int (exact).
+    n_threads: None (the default, cut to 1 below 1 MiB of work) or a positive int (exact).
     work_bytes: roughly how many bytes the call touches; None means "large".
     """
     if n_threads is None:

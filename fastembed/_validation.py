@@ -21,6 +21,8 @@ def as_ids(ids, name="ids"):
             if arr.size == 0 and dtype.kind == "f" and not isinstance(ids, np.ndarray):
                 # np.asarray([]) is float64: an empty list is a valid (empty) batch of ids.
                 return np.zeros(arr.shape, np.int64)
+            if dtype == object:
+                _check_object_ints(arr, name)
             raise TypeError(f"{name} must be an integer array, got dtype {dtype}{_first_not_whole(arr, name)}")
         if dtype.kind == "u" and dtype.itemsize == 8 and arr.size and arr.max() > _INT64_MAX:
             position = int(np.argmax(arr > _INT64_MAX))
@@ -134,6 +136,16 @@ def check_no_overlap(written, name, other, other_name):
     """Refuse an output that shares memory with an input: the result would depend on the order of writes."""
     if np.may_share_memory(written, other) and np.shares_memory(written, other):
         raise ValueError(f"{name} shares memory with {other_name}; pass a separate array")
+
+
+def _check_object_ints(arr, name):
+    """numpy makes an object array of Python ints beyond 64 bits: raise the ``IndexError`` naming the first one
+    (an error path only; stops at the first element that is not an int)."""
+    for position, value in enumerate(arr.flat):
+        if not isinstance(value, int) or isinstance(value, bool):
+            return
+        if not -_INT64_MAX - 1 <= value <= _INT64_MAX:
+            raise IndexError(f"{name}{_where(arr.shape, position)} = {value} does not fit in int64")
 
 
 def _first_not_whole(arr, name):

@@ -54,6 +54,8 @@ def gradcheck(layer, ids, loss=None, eps=1e-6, atol=1e-8, rtol=1e-6, untouched_s
     the layer's output (default ``default_loss()``). Every row read (after the layer's ``out_of_range`` policy)
     and up to ``untouched_samples`` other rows are perturbed entry by entry by ±eps; untouched rows must get
     exactly zero gradient. eps must be positive and finite.
+    A layer's documented departures from the true derivative are expected too: ``padding_idx``'s row gets
+    zero, and with ``scale_grad_by_freq`` each row gets its finite difference divided by its id's count.
     call_kwargs: extra keyword arguments of both ``layer(ids, **call_kwargs)`` and
     ``layer.backward(ids, grad_out=..., **call_kwargs)``, e.g. ``{"offsets": offsets}`` for an
     ``EmbeddingBag`` (``{"offsets": None}`` with 2-D ids).
@@ -62,6 +64,11 @@ def gradcheck(layer, ids, loss=None, eps=1e-6, atol=1e-8, rtol=1e-6, untouched_s
     if eps <= 0:
         raise ValueError(f"eps must be positive, got {eps}")
     call_kwargs = dict(call_kwargs or {})
+    if getattr(layer, "storage", "float64") not in ("float32", "float64"):
+        raise ValueError(f"gradcheck needs a float32 or float64 table, not {layer.storage} storage")
+    if getattr(layer, "max_norm", None) is not None and getattr(layer, "max_norm_mode", None) == "inplace":
+        raise ValueError("gradcheck needs max_norm_mode='output': in-place renormalisation rewrites the "
+                         "table on every call, so finite differences do not see the perturbed values")
     loss = loss or default_loss(seed)
     ids = as_ids(ids)
     saved_weights, saved_grad, saved_dtype = layer.embeddings, layer.grad, layer.dtype
@@ -73,7 +80,9 @@ def gradcheck(layer, ids, loss=None, eps=1e-6, atol=1e-8, rtol=1e-6, untouched_s
         analytic = layer.backward(ids, grad_out=np.asarray(grad_y, dtype=np.float64), **call_kwargs)
         analytic_rows = dict(zip(analytic.rows.tolist(), analytic.values))
         policy = _out_of_range.parse(getattr(layer, "out_of_range", "raise"), table.shape[0])
-        touched = np.unique(_out_of_range.rows_read(ids.reshape(-1), table.shape[0], policy))
+        read = _out_of_range.rows_read(ids.reshape(-1), table.shape[0], policy)
+        touched, counts = np.unique(read, return_counts=True)
+        expected_scale = _expected_scale(layer, dict(zip(touched.tolist(), counts.tolist())))
         rng = np.random.default_rng(seed)
         untouched_pool = np.setdiff1d(np.arange(table.shape[0]), touched)
         untouched = rng.choice(untouched_pool, size=min(untouched_samples, untouched_pool.size), replace=False)
@@ -94,6 +103,7 @@ def gradcheck(layer, ids, loss=None, eps=1e-6, atol=1e-8, rtol=1e-6, untouched_s
                 minus = value()
                 table[row, j] = original
                 numeric[j] = (plus - minus) / (2 * eps)
+            numeric *= expected_scale(row)
             if row not in analytic_rows:
                 if np.any(numeric != 0.0):
                     untouched_nonzero.append(row)
@@ -115,3 +125,16 @@ def gradcheck(layer, ids, loss=None, eps=1e-6, atol=1e-8, rtol=1e-6, untouched_s
         layer.embeddings, layer.grad, layer.dtype = saved_weights, saved_grad, saved_dtype
         layer.trainable = saved_trainable
     return GradcheckReport(ok, max_abs, max_rel, worst_row, len(touched) + len(untouched), untouched_nonzero)
+
+
+def _expected_scale(layer, counts):
+    """``row -> factor`` by which a row's analytic gradient departs from its finite difference."""
+    padding = getattr(layer, "padding_idx", None)
+    by_freq = getattr(layer, "scale_grad_by_freq", False)
+
+    def scale(row):
+        if row == padding:
+            return 0.0
+        return 1.0 / counts[row] if by_freq and row in counts else 1.0
+
+    return scale

@@ -40,7 +40,7 @@ def test_uint64_beyond_int64_is_index_error(table):
         fastembed.gather(table, np.array([1, 2**63], dtype=np.uint64))
 
 
-@pytest.mark.parametrize("bad", [np.zeros((3, 2), np.int32), np.zeros((3, 2), np.float16), np.zeros(5, np.float32),
+@pytest.mark.parametrize("bad", [np.zeros((3, 2), np.int32), np.zeros((3, 2, 1), np.float16), np.zeros(5, np.float32),
                                  np.zeros((2, 3, 4), np.float32)])
 def test_bad_tables(bad):
     with pytest.raises((TypeError, ValueError), match="table"):

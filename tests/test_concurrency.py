@@ -30,7 +30,7 @@ def _run_threads(target, n=N_THREADS):
     def run(k):
         try:
             target(k, barrier)
-        except BaseException as error:          # reported to the main thread below
+        except Exception as error:  # noqa: BLE001 -- re-raised in the main thread below
             errors.append(error)
             barrier.abort()
 

@@ -1,11 +1,11 @@
 """The ``out_of_range=`` policy of gather, sparse_grad and Embedding against a numpy oracle of its definition."""
 import numpy as np
 import pytest
+from conftest import FLOAT_DTYPES, INDEX_DTYPES
 
 import fastembed
 from fastembed import _out_of_range, _remap
 from fastembed import _reference as ref
-from conftest import FLOAT_DTYPES, INDEX_DTYPES
 
 POLICIES = ["clip", "zero", 3]
 
@@ -171,3 +171,41 @@ def test_layer_raises_by_default_and_validates_its_policy():
         fastembed.Embedding(8, 2, out_of_range=8)
     layer = fastembed.Embedding(8, 2, out_of_range=np.int64(7), seed=1)
     np.testing.assert_array_equal(layer([-5, 2]), layer.embeddings[[7, 2]])
+
+
+@pytest.mark.parametrize("storage", ["float16", "bfloat16", "int8"])
+@pytest.mark.parametrize("policy", POLICIES)
+def test_low_precision_tables_follow_the_policy(rng, storage, policy):
+    from fastembed import lowp
+
+    table = lowp.encode(rng.standard_normal((12, 5)).astype(np.float32), storage)
+    ids = _ids_with_strays(rng, (6, 7), 12, np.int64)
+    expected = _oracle_gather(lowp.decode(table), ids, policy)
+    for n_threads in (1, 2):
+        np.testing.assert_array_equal(fastembed.gather(table, ids, n_threads=n_threads, out_of_range=policy),
+                                      expected)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_policy_composes_with_the_lookup_options(rng, policy):
+    """padding_idx, scale_grad_by_freq and max_norm act on the row that was read; gradcheck confirms it."""
+    ids = np.array([[0, 8, 2, -1, 2], [3, 3, 100, 7, 5]])
+    for options in ({"padding_idx": 3, "scale_grad_by_freq": True},
+                    {"max_norm": 0.05, "max_norm_mode": "output"}):
+        layer = fastembed.Embedding(8, 3, out_of_range=policy, dtype="float64", seed=0, **options)
+        report = fastembed.gradcheck(layer, ids)
+        assert report.ok, (options, report)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_inplace_max_norm_renormalises_the_rows_read(policy):
+    layer = fastembed.Embedding(8, 2, out_of_range=policy, max_norm=1.0, embeddings_initializer="ones",
+                                dtype="float64")
+    ids = np.array([1, -4, 9])
+    rows = _mapped(ids, 8, policy)
+    layer(ids)
+    norms = np.linalg.norm(layer.embeddings, axis=1)
+    read = np.unique(rows[rows >= 0])
+    np.testing.assert_allclose(norms[read], 1.0, rtol=1e-6)
+    untouched = np.setdiff1d(np.arange(8), read)
+    np.testing.assert_array_equal(norms[untouched], np.sqrt(2.0))

@@ -1,0 +1,69 @@
+"""Every kernel once or twice on small inputs, checked against numpy: the workload .ci/valgrind runs under
+memcheck. Small enough for valgrind's ~50x slowdown, big enough (>= 64 KiB of work, >= 32768 ids) to take each
+kernel's parallel path as well as its serial one."""
+import os
+import tempfile
+
+import numpy as np
+
+import fastembed
+from fastembed import _index
+from fastembed import _reference as ref
+
+
+def check_functional_ops(rng):
+    for dtype in (np.float32, np.float64):
+        for index_dtype in (np.int32, np.int64):
+            for n in (37, 40_000):
+                table = rng.standard_normal((300, 7)).astype(dtype)
+                ids = rng.integers(0, 300, size=n).astype(index_dtype)
+                grad_out = rng.standard_normal((n, 7)).astype(dtype)
+                for n_threads in (1, 2):
+                    assert np.array_equal(fastembed.gather(table, ids, n_threads=n_threads), table[ids])
+                    grad = fastembed.sparse_grad(ids, grad_out, num_rows=300, n_threads=n_threads)
+                    rows, values = ref.sparse_grad(ids, grad_out)
+                    assert np.array_equal(grad.rows, rows) and np.array_equal(grad.values, values)
+                    dense, expected = np.zeros((300, 7), dtype), np.zeros((300, 7), dtype)
+                    fastembed.scatter_add(dense, ids, grad_out, n_threads=n_threads)
+                    assert np.array_equal(dense, ref.scatter_add(expected, ids, grad_out))
+                    strays = ids.copy()
+                    strays[::5] = -1
+                    for policy in ("clip", "zero", 4):
+                        fastembed.gather(table, strays, n_threads=n_threads, out_of_range=policy)
+                        fastembed.sparse_grad(strays, grad_out, num_rows=300, n_threads=n_threads,
+                                              out_of_range=policy)
+                    assert _index.first_out_of_range(strays, 300, n_threads) == 0
+    wide = rng.integers(0, 2**62, size=40_000)
+    rows, _, seg_ptr = _index.group_rows(wide, int(wide.max()), 2)
+    assert np.array_equal(rows, np.unique(wide)) and seg_ptr[-1] == wide.size
+    # Empty, 0-d, D == 0, a table without rows.
+    assert fastembed.gather(np.zeros((0, 3), np.float32), []).shape == (0, 3)
+    assert fastembed.gather(np.zeros((5, 0)), [[1, 2]]).shape == (1, 2, 0)
+    assert fastembed.gather(np.ones((5, 2)), np.array(3)).shape == (2,)
+    try:
+        fastembed.gather(np.ones((5, 2)), [0, 5])
+    except IndexError:
+        pass
+    else:
+        raise AssertionError("an out-of-range id was accepted")
+
+
+def check_layer_and_checkpoint(rng):
+    layer = fastembed.Embedding(50, 4, dtype="float64", seed=0, out_of_range="zero")
+    ids = rng.integers(-2, 52, size=(6, 9))
+    for _ in range(3):
+        y = layer(ids)
+        layer.backward(ids, y)
+        layer.step(0.1)
+    assert fastembed.gradcheck(layer, ids[:2, :3]).ok
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "layer.npz")
+        layer.save(path)
+        assert np.array_equal(fastembed.Embedding.load(path).embeddings, layer.embeddings)
+
+
+if __name__ == "__main__":
+    generator = np.random.default_rng(0)
+    check_functional_ops(generator)
+    check_layer_and_checkpoint(generator)
+    print("all kernels ran and matched numpy")

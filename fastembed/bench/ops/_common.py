@@ -1,0 +1,79 @@
+"""Conversions and builders shared by the op modules (cached on the workload, so ops share them)."""
+import numpy as np
+
+import fastembed
+from fastembed.bench import peers
+from fastembed.bench.registry import Sparse
+
+
+def torch_inputs(wl):
+    """(table, ids, flat ids, grad_out, flat grad) as torch tensors sharing the numpy inputs' memory."""
+    torch = peers.torch()
+    return wl.cache("torch", lambda: (
+        torch.from_numpy(wl.table),
+        torch.from_numpy(wl.ids),
+        torch.from_numpy(wl.flat_ids),
+        torch.from_numpy(wl.grad_out),
+        torch.from_numpy(wl.grad2d),
+    ))
+
+
+def jax_inputs(wl):
+    """(table, flat ids, flat grad) as jax arrays on the CPU (copies; ids become int32 unless x64 is on)."""
+    jax, _ = peers.jax()
+    return wl.cache("jax", lambda: tuple(jax.block_until_ready(jax.device_put(a))
+                                         for a in (wl.table, wl.flat_ids, wl.grad2d)))
+
+
+def zeroed(wl):
+    """A (V, D) float32 buffer of zeros whose pages are already faulted in (no page fault gets timed)."""
+    out = np.empty_like(wl.table)
+    out.fill(0.0)
+    return out
+
+
+# np.add.at takes ~0.2 s a call on the large workloads: it gets this many seconds of timing per cell (at
+# least 3 samples), and the report says how many samples it got.
+ADD_AT_BUDGET_S = 1.5
+
+
+def np_add_at(wl, n):
+    """``np.add.at(dense, ids, grad)`` into a zeroed (V, D) buffer (zeroing excluded); single-threaded."""
+    from fastembed.bench.registry import Case, Dense
+
+    dense = zeroed(wl)
+    return Case(lambda: np.add.at(dense, wl.flat_ids, wl.grad2d), result=lambda _: Dense(dense))
+
+
+def abs_sum(wl):
+    """Sparse sums of |grad_out| per looked-up row: the scale of the tolerance of gradient checks."""
+    def make():
+        grad = fastembed.sparse_grad(wl.ids, np.abs(wl.grad_out), num_rows=wl.rows)
+        return Sparse(grad.rows, grad.values)
+    return wl.cache("abs_sum", make)
+
+
+def fbgemm_tbe(wl, n_threads, learning_rate=0.01):
+    """FBGEMM's CPU table-batched embedding (one table, sum pooling, exact SGD), weights = the workload's table.
+
+    Constructed as FBGEMM's own CPU tests do: ``embedding_specs=[(V, D, EmbeddingLocation.HOST,
+    ComputeDevice.CPU)]``. Bags of one id (offsets 0..N) make its pooled forward a plain lookup.
+    """
+    from fastembed.bench.registry import Skip
+
+    fb = peers.fbgemm()
+    torch = peers.torch()
+    if wl.dim % 4:
+        raise Skip(f"FBGEMM TBE needs D % 4 == 0 (D = {wl.dim})")
+    tbe = fb["TBE"](
+        [(wl.rows, wl.dim, fb["EmbeddingLocation"].HOST, fb["ComputeDevice"].CPU)],
+        optimizer=fb["EmbOptimType"].EXACT_SGD,
+        learning_rate=learning_rate,
+        pooling_mode=fb["PoolingMode"].SUM,
+    )
+    weights = tbe.split_embedding_weights()[0]
+    with torch.no_grad():
+        weights.copy_(torch.from_numpy(wl.table))
+    indices = torch.from_numpy(wl.flat_ids)
+    offsets = torch.arange(wl.n_ids + 1, dtype=torch.int64)
+    return tbe, weights, indices, offsets
