@@ -38,6 +38,14 @@ cdef inline real_t _bag_scale(int mode, real_t denom) noexcept nogil:
     return 1 / <real_t>sqrt(denom)
 
 
+cdef inline void _prefetch_ahead(const real_t *table, const index_t *ids, int64_t k, Py_ssize_t n_ids,
+                                 Py_ssize_t dim) noexcept nogil:
+    """Prefetch the row of the id PREFETCH_DISTANCE positions ahead (bags are contiguous, so this crosses
+    into the next bags near the end of one)."""
+    if k + PREFETCH_DISTANCE < n_ids:
+        fe_prefetch_row(table + ids[k + PREFETCH_DISTANCE] * dim, dim * sizeof(real_t))
+
+
 cdef inline real_t _sum_block(const real_t *table, const index_t *ids, Py_ssize_t n_ids, int64_t start,
                               int64_t end, const real_t *weights, int mode, int64_t padding, Py_ssize_t dim,
                               Py_ssize_t j0, bint first, real_t *dst) noexcept nogil:
@@ -48,8 +56,8 @@ cdef inline real_t _sum_block(const real_t *table, const index_t *ids, Py_ssize_
     pass prefetches rows ahead and returns the bag's denominator (sum of w, or of w^2).
     """
     cdef real_t acc[64]
-    cdef Py_ssize_t j, row_bytes = dim * sizeof(real_t)
-    cdef int64_t k, ahead, row, count = 0
+    cdef Py_ssize_t j
+    cdef int64_t k, row, count = 0
     cdef real_t w, denom = 0
     cdef const real_t *src
     for j in range(64 if real_t is float else 32):
@@ -58,9 +66,7 @@ cdef inline real_t _sum_block(const real_t *table, const index_t *ids, Py_ssize_
     if weights == NULL:
         for k in range(start, end):
             if first:
-                ahead = k + PREFETCH_DISTANCE
-                if ahead < n_ids:
-                    fe_prefetch_row(table + ids[ahead] * dim, row_bytes)
+                _prefetch_ahead(table, ids, k, n_ids, dim)
             row = ids[k]
             if row == padding:
                 continue
@@ -72,9 +78,7 @@ cdef inline real_t _sum_block(const real_t *table, const index_t *ids, Py_ssize_
     else:
         for k in range(start, end):
             if first:
-                ahead = k + PREFETCH_DISTANCE
-                if ahead < n_ids:
-                    fe_prefetch_row(table + ids[ahead] * dim, row_bytes)
+                _prefetch_ahead(table, ids, k, n_ids, dim)
             row = ids[k]
             if row == padding:
                 continue
@@ -90,7 +94,7 @@ cdef inline real_t _sum_block(const real_t *table, const index_t *ids, Py_ssize_
 
 cdef void _max_bag(const real_t *table, const index_t *ids, Py_ssize_t n_ids, int64_t start, int64_t end,
                    int64_t padding, Py_ssize_t dim, real_t *dst, int64_t *argpos) noexcept nogil:
-    cdef int64_t k, ahead, row
+    cdef int64_t k, row
     cdef Py_ssize_t j, row_bytes = dim * sizeof(real_t)
     cdef const real_t *src
     cdef bint seen = False
@@ -99,9 +103,7 @@ cdef void _max_bag(const real_t *table, const index_t *ids, Py_ssize_t n_ids, in
         for j in range(dim):
             argpos[j] = -1
     for k in range(start, end):
-        ahead = k + PREFETCH_DISTANCE
-        if ahead < n_ids:
-            fe_prefetch_row(table + ids[ahead] * dim, row_bytes)
+        _prefetch_ahead(table, ids, k, n_ids, dim)
         row = ids[k]
         if row == padding:
             continue
@@ -129,7 +131,7 @@ cdef void _pool_bag(const real_t *table, const index_t *ids, Py_ssize_t n_ids, i
     # Columns are summed one 256-byte block at a time over the whole bag: the bag's rows stay in L1 between
     # blocks, and the first pass prefetches the rows ahead. A last partial block is summed in place.
     cdef Py_ssize_t block = 64 if real_t is float else 32
-    cdef int64_t k, ahead, row
+    cdef int64_t k, row
     cdef Py_ssize_t j, j0 = 0, tail = dim % block, row_bytes = dim * sizeof(real_t)
     cdef real_t w = 1, denom = 0
     cdef const real_t *src
@@ -146,9 +148,7 @@ cdef void _pool_bag(const real_t *table, const index_t *ids, Py_ssize_t n_ids, i
         memset(dst + j0, 0, tail * sizeof(real_t))
         for k in range(start, end):
             if j0 == 0:
-                ahead = k + PREFETCH_DISTANCE
-                if ahead < n_ids:
-                    fe_prefetch_row(table + ids[ahead] * dim, row_bytes)
+                _prefetch_ahead(table, ids, k, n_ids, dim)
             row = ids[k]
             if row == padding:
                 continue

@@ -42,8 +42,7 @@ def _bag_members(flat_ids, bounds, b, padding_idx):
 
 
 def _bag_denominator(mode, w):
-    total = {"sum": 1.0, "mean": w.sum(), "sqrtn": np.sqrt(np.sum(w * w))}[mode]
-    return total
+    return {"sum": 1.0, "mean": w.sum(), "sqrtn": np.sqrt(np.sum(w * w))}[mode]
 
 
 def embedding_bag(table, ids, offsets=None, mode="sum", per_sample_weights=None, padding_idx=None,

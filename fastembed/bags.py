@@ -9,7 +9,7 @@ import numpy as np
 from fastembed import _bag
 from fastembed._plan import NO_ARGPOS, bag_plan
 from fastembed._threads import resolve_threads
-from fastembed._validation import as_float, as_ids, as_table, check_positive_int, check_rows
+from fastembed._validation import FLOAT_DTYPES, as_float, as_ids, as_table, check_positive_int, check_rows
 from fastembed.layers import Embedding
 
 MODES = ("sum", "mean", "max", "sqrtn")
@@ -247,7 +247,7 @@ class EmbeddingBag(Embedding):
         matrix = np.asarray(matrix)
         if matrix.ndim != 2:
             raise ValueError(f"a pre-trained matrix must be 2-D (V, D), got shape {matrix.shape}")
-        kwargs.setdefault("dtype", matrix.dtype if matrix.dtype in (np.float32, np.float64) else "float32")
+        kwargs.setdefault("dtype", matrix.dtype if matrix.dtype in FLOAT_DTYPES else "float32")
         return cls(matrix.shape[0], matrix.shape[1], weights=matrix, trainable=trainable, **kwargs)
 
     @property

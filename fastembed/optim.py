@@ -52,14 +52,14 @@ class SparseOptimizer:
     kind = None
     hyper_names = ("lr",)
 
-    def __init__(self, layer, lr):
+    def __init__(self, layer, **hyper):
         table = getattr(layer, "embeddings", None)
         if not isinstance(table, np.ndarray) or table.ndim != 2 or not hasattr(layer, "trainable"):
             raise TypeError(f"an optimizer needs a layer with a 2-D table (Embedding or EmbeddingBag), "
                             f"got {type(layer).__name__}")
         self.layer = layer
-        self.lr = _non_negative(lr, "learning rate")
-        self.state = {}
+        self._set_hyper(**hyper)
+        self._allocate_state()
 
     # --- state -----------------------------------------------------------------------------------------
     def _state_shapes(self):
@@ -110,6 +110,7 @@ class SparseOptimizer:
         self.state = {key: np.array(saved[key], dtype=dtype, order="C", copy=True) for key in shapes}
 
     def _set_hyper(self, **hyper):
+        """Validate and set the hyper-parameters named in ``hyper_names``."""
         raise NotImplementedError
 
     # --- updates ---------------------------------------------------------------------------------------
@@ -200,9 +201,7 @@ class SGD(SparseOptimizer):
     hyper_names = ("lr", "momentum", "weight_decay")
 
     def __init__(self, layer, lr, momentum=0.0, weight_decay=0.0):
-        super().__init__(layer, lr)
-        self._set_hyper(lr, momentum, weight_decay)
-        self._allocate_state()
+        super().__init__(layer, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
     def _set_hyper(self, lr, momentum, weight_decay):
         self.lr = _non_negative(lr, "learning rate")
@@ -225,9 +224,8 @@ class Adagrad(SparseOptimizer):
     hyper_names = ("lr", "eps", "initial_accumulator_value", "weight_decay")
 
     def __init__(self, layer, lr, eps=1e-10, initial_accumulator_value=0.0, weight_decay=0.0):
-        super().__init__(layer, lr)
-        self._set_hyper(lr, eps, initial_accumulator_value, weight_decay)
-        self._allocate_state()
+        super().__init__(layer, lr=lr, eps=eps, initial_accumulator_value=initial_accumulator_value,
+                         weight_decay=weight_decay)
 
     def _set_hyper(self, lr, eps, initial_accumulator_value, weight_decay):
         self.lr = _non_negative(lr, "learning rate")
@@ -254,9 +252,7 @@ class RowWiseAdagrad(SparseOptimizer):
     hyper_names = ("lr", "eps", "weight_decay")
 
     def __init__(self, layer, lr, eps=1e-10, weight_decay=0.0):
-        super().__init__(layer, lr)
-        self._set_hyper(lr, eps, weight_decay)
-        self._allocate_state()
+        super().__init__(layer, lr=lr, eps=eps, weight_decay=weight_decay)
 
     def _set_hyper(self, lr, eps, weight_decay):
         self.lr = _non_negative(lr, "learning rate")
@@ -281,9 +277,7 @@ class SparseAdam(SparseOptimizer):
     hyper_names = ("lr", "betas", "eps", "step_count")
 
     def __init__(self, layer, lr, betas=(0.9, 0.999), eps=1e-8):
-        super().__init__(layer, lr)
-        self._set_hyper(lr, betas, eps, 0)
-        self._allocate_state()
+        super().__init__(layer, lr=lr, betas=betas, eps=eps, step_count=0)
 
     def _set_hyper(self, lr, betas, eps, step_count):
         self.lr = _non_negative(lr, "learning rate")
