@@ -7,8 +7,9 @@ import tempfile
 import numpy as np
 
 import fastembed
-from fastembed import _index
+from fastembed import _index, lowp
 from fastembed import _reference as ref
+from fastembed.renorm import renorm_
 
 
 def check_functional_ops(rng):
@@ -48,6 +49,28 @@ def check_functional_ops(rng):
         raise AssertionError("an out-of-range id was accepted")
 
 
+def check_low_precision_and_options(rng):
+    table = rng.standard_normal((300, 40)).astype(np.float32)
+    ids = rng.integers(0, 300, size=(40, 50))
+    strays = np.where(rng.random(ids.shape) < 0.1, 300, ids)
+    grad_out = rng.standard_normal(ids.shape + (40,)).astype(np.float32)
+    for storage in lowp.STORAGES:
+        encoded = lowp.encode(table, storage)
+        decoded = lowp.decode(encoded)
+        for n_threads in (1, 2):
+            for index_dtype in (np.int32, np.int64):
+                got = fastembed.gather(encoded, ids.astype(index_dtype), n_threads=n_threads)
+                assert np.array_equal(got, decoded[ids])
+            fastembed.gather(encoded, strays, n_threads=n_threads, out_of_range="zero")
+    for n_threads in (1, 2):
+        clipped = fastembed.gather(table, ids, n_threads=n_threads, max_norm=1.0)
+        assert np.all(np.linalg.norm(clipped, axis=-1) <= 1.0 + 1e-5)
+        fastembed.sparse_grad(ids, grad_out, n_threads=n_threads, max_norm=1.0, table=table)
+        fastembed.sparse_grad(ids, grad_out, num_rows=300, n_threads=n_threads, padding_idx=3,
+                              scale_grad_by_freq=True)
+        renorm_(table.copy(), ids, 1.0, n_threads=n_threads)
+
+
 def check_layer_and_checkpoint(rng):
     layer = fastembed.Embedding(50, 4, dtype="float64", seed=0, out_of_range="zero")
     ids = rng.integers(-2, 52, size=(6, 9))
@@ -65,5 +88,6 @@ def check_layer_and_checkpoint(rng):
 if __name__ == "__main__":
     generator = np.random.default_rng(0)
     check_functional_ops(generator)
+    check_low_precision_and_options(generator)
     check_layer_and_checkpoint(generator)
     print("all kernels ran and matched numpy")

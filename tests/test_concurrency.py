@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import fastembed
-from fastembed import _gather, _index, _remap, _scatter
+from fastembed import _gather, _index, _lowp, _remap, _rowscale, _scatter, lowp
 
 N_THREADS = 8
 
@@ -114,6 +114,8 @@ def kernels():
     values = np.empty((rows.shape[0], d), np.float32)
     dense = np.zeros((v, d), np.float32)
     remapped = np.empty_like(strays)
+    quantized = lowp.QuantizedTable.from_float(table)
+    half = table.astype(np.float16).view(np.uint16)
     return {
         "gather_rows": lambda: _gather.gather_rows(table, ids, out, 1),
         "gather_rows_mapped": lambda: _remap.gather_rows_mapped(table, strays, out, _remap.ZERO, -1, 1),
@@ -122,11 +124,16 @@ def kernels():
         "group_rows": lambda: _index.group_rows(ids, v - 1, 1),
         "segment_sum_rows": lambda: _scatter.segment_sum_rows(grad, order, seg_ptr, values, 1),
         "scatter_add_rows": lambda: _scatter.scatter_add_rows(dense, ids, grad, 1),
+        "gather_rows_int8": lambda: _lowp.gather_rows_int8(quantized.codes, quantized.scale_bias, ids, out, 1),
+        "gather_rows_f16": lambda: _lowp.gather_rows_f16(half, ids, out, 1),
+        "clip_rows": lambda: _rowscale.clip_rows(out, 0.5, 2.0, 1),
+        "renorm_rows": lambda: _rowscale.renorm_rows(table, rows, 1e30, 2.0, 1),
     }
 
 
 KERNEL_NAMES = ["gather_rows", "gather_rows_mapped", "remap_ids", "first_out_of_range", "group_rows",
-                "segment_sum_rows", "scatter_add_rows"]
+                "segment_sum_rows", "scatter_add_rows", "gather_rows_int8", "gather_rows_f16", "clip_rows",
+                "renorm_rows"]
 gil_only = pytest.mark.skipif(not getattr(sys, "_is_gil_enabled", lambda: True)(), reason="no GIL in this build")
 
 

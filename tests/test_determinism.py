@@ -6,7 +6,10 @@ What promises it, and why (a new kernel goes into DETERMINISTIC, or into NOT_DET
   first_out_of_range (_index)            a parallel count; the reported position comes from a serial scan.
   group_rows (_index)                    a stable radix sort; chunk histograms are combined digit-major.
   sparse_grad (segment_sum_rows)         each row sums its contributions in increasing position order.
-  scatter_add (scatter_add_rows)         each thread owns whole rows and visits the ids in order.
+  scatter_add (scatter_add_rows)         each thread owns whole rows and visits the ids in order; sparse_grad's
+                                         dense-scratch path for small tables is this kernel too.
+  low-precision gathers (_lowp)          per-row conversions, as the float gather.
+  max_norm, renorm_, scale_grad_by_freq (_rowscale)   one thread per row, a fixed order inside a row.
   Embedding call/backward/step, SparseGrad.__add__: built only from the above.
 Nothing in fastembed is non-deterministic today. A kernel that is not (atomics, Hogwild updates, a reduction
 whose order follows the thread split) would be listed here with what varies, and left out of DETERMINISTIC.
@@ -15,7 +18,8 @@ import numpy as np
 import pytest
 
 import fastembed
-from fastembed import _index
+from fastembed import _index, lowp
+from fastembed.renorm import renorm_
 
 THREAD_COUNTS = (1, 2, 3, 8)
 N, V, D = 200_000, 5000, 8       # large enough for every kernel's parallel path
@@ -33,6 +37,7 @@ def _inputs():
 
 
 IDS, STRAYS, TABLE, GRAD = _inputs()
+LOWP = {storage: lowp.encode(TABLE, storage) for storage in lowp.STORAGES}
 
 
 def _sparse(grad):
@@ -68,6 +73,16 @@ DETERMINISTIC = {
                                                                 out_of_range="zero")),
     "sparse_grad clip": lambda t: _sparse(fastembed.sparse_grad(STRAYS, GRAD, num_rows=V, n_threads=t,
                                                                 out_of_range="clip")),
+    "sparse_grad padding + freq": lambda t: _sparse(fastembed.sparse_grad(IDS, GRAD, num_rows=V, n_threads=t,
+                                                                          padding_idx=0, scale_grad_by_freq=True)),
+    "sparse_grad max_norm": lambda t: _sparse(fastembed.sparse_grad(IDS, GRAD, n_threads=t, max_norm=1.0,
+                                                                    table=TABLE)),
+    "gather max_norm": lambda t: (fastembed.gather(TABLE, IDS, n_threads=t, max_norm=1.0, norm_type=3.0),),
+    "renorm_": lambda t: (renorm_(TABLE.copy(), IDS, 1.0, n_threads=t),),
+    "gather float16": lambda t: (fastembed.gather(LOWP["float16"], IDS, n_threads=t),),
+    "gather bfloat16": lambda t: (fastembed.gather(LOWP["bfloat16"], IDS, n_threads=t),),
+    "gather int8": lambda t: (fastembed.gather(LOWP["int8"], IDS, n_threads=t),),
+    "gather int8 zero": lambda t: (fastembed.gather(LOWP["int8"], STRAYS, n_threads=t, out_of_range="zero"),),
     "scatter_add": lambda t: (fastembed.scatter_add(np.ones((V, D), np.float32), IDS, GRAD, n_threads=t),),
     "Embedding backward + step": _layer_step,
     "SparseGrad add": lambda t: _sparse(fastembed.sparse_grad(IDS[:N // 2], GRAD[:N // 2], num_rows=V, n_threads=t)
