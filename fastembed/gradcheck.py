@@ -64,6 +64,7 @@ def gradcheck(layer, ids, loss=None, eps=1e-6, atol=1e-8, rtol=1e-6, untouched_s
     eps = check_finite_scalar(eps, "eps")
     if eps <= 0:
         raise ValueError(f"eps must be positive, got {eps}")
+    call_kwargs = dict(call_kwargs or {})
     if getattr(layer, "storage", "float64") not in ("float32", "float64"):
         raise ValueError(f"gradcheck needs a float32 or float64 table, not {layer.storage} storage")
     if getattr(layer, "max_norm", None) is not None and getattr(layer, "max_norm_mode", None) == "inplace":
