@@ -272,7 +272,7 @@ def _specific_rows():
             r"^out must be C-contiguous$"),
         Row("out-read-only", "gather", _set("out", lambda _: _readonly(np.zeros((2, 3, 3), np.float32))),
             ValueError, r"^out is read-only$"),
-        Row("out-list", "gather", _set("out", [[0.0]]), TypeError, r"^out must be a numpy array, got list$"),
+        Row("out-list", "gather", _set("out", [[0.0]]), TypeError, r"^out must be a numpy array or a CPU array speaking DLPack, got list$"),
         Row("out-overlaps-table", "gather", _set("out", lambda a: a["table"].reshape(-1)[:18].reshape(2, 3, 3)),
             ValueError, r"^out shares memory with table"),
         # sparse_grad: num_rows, grad_out and a policy without num_rows
