@@ -105,9 +105,13 @@ def _extensions():
 
 
 debug_checks = _flag("FASTEMBED_DEBUG_CYTHON")
+# Translate and compile the kernel modules on every core: a serial build of them takes minutes.
+build_jobs = os.cpu_count() or 1
 setup(
+    options={"build_ext": {"parallel": build_jobs}},
     ext_modules=cythonize(
         _extensions(),
+        nthreads=build_jobs if sys.platform.startswith("linux") else 0,
         compiler_directives={
             "language_level": 3,
             "boundscheck": debug_checks,

@@ -225,6 +225,17 @@ class EmbeddingBag(Embedding):
         _check_empty_policy(empty)
         self.empty = empty
 
+    def get_config(self):
+        """The constructor arguments that rebuild this layer, weights and initializer aside (a JSON-able dict)."""
+        return {"num_embeddings": self.input_dim, "embedding_dim": self.output_dim, "mode": self.mode,
+                "padding_idx": self.padding_idx, "scale_grad_by_freq": self.scale_grad_by_freq,
+                "include_last_offset": self.include_last_offset, "empty": self.empty,
+                "trainable": self.trainable, "dtype": self.dtype.name, "name": self.name}
+
+    @staticmethod
+    def _table_shape(config):
+        return config.get("num_embeddings"), config.get("embedding_dim")
+
     @classmethod
     def from_pretrained(cls, matrix, trainable=False, **kwargs):
         """A bag layer whose table is (a copy of) ``matrix`` (V, D), frozen unless ``trainable=True``."""

@@ -243,6 +243,11 @@ class Embedding:
                 "storage": self.storage if self.storage in lowp.STORAGES else None,
                 "out_of_range": _json_scalar(self.out_of_range)}
 
+    @staticmethod
+    def _table_shape(config):
+        """The (rows, width) a saved config describes."""
+        return config.get("input_dim"), config.get("output_dim")
+
     def save(self, path):
         """Write the table and the config to ``path`` (.npz) atomically; the gradient is not saved.
 
@@ -259,7 +264,7 @@ class Embedding:
             raise checkpoint.CheckpointError(f"{path}: holds a {meta.get('class')!r}, not an {cls.__name__}")
         config = meta["config"]
         table = _table_from_arrays(arrays, config, path)
-        expected = (config.get("input_dim"), config.get("output_dim"))
+        expected = cls._table_shape(config)
         if tuple(table.shape) != expected:
             raise checkpoint.CheckpointError(f"{path}: the table is {tuple(table.shape)}, the config says {expected}")
         try:

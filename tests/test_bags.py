@@ -355,3 +355,17 @@ def test_property_forward_and_backward_match_the_oracle(batch):
     np.testing.assert_allclose(grad.to_dense(), ref.embedding_bag_grad(table, ids, grad_out, offsets, mode, weights,
                                                                        padding, scale_grad_by_freq=by_freq),
                                rtol=1e-12, atol=1e-12)
+
+
+def test_bag_layer_checkpoint_round_trip(tmp_path, rng):
+    layer = fastembed.EmbeddingBag(30, 4, mode="sqrtn", padding_idx=2, scale_grad_by_freq=True,
+                                   include_last_offset=True, seed=1, dtype="float64", name="bags")
+    path = tmp_path / "bags.npz"
+    layer.save(path)
+    loaded = fastembed.EmbeddingBag.load(path)
+    assert loaded.embeddings.tobytes() == layer.embeddings.tobytes()
+    assert loaded.get_config() == layer.get_config()
+    ids, offsets = rng.integers(0, 30, size=12), np.array([0, 5, 12])
+    np.testing.assert_array_equal(loaded(ids, offsets), layer(ids, offsets))
+    with pytest.raises(fastembed.checkpoint.CheckpointError, match="not an Embedding"):
+        fastembed.Embedding.load(path)
