@@ -129,9 +129,10 @@ def gather_small(object table, object ids, object out=None):
     dim = cnp.PyArray_DIM(tab, 1)
     row_bytes = dim * cnp.PyArray_ITEMSIZE(tab)
     if type(ids) is int:
-        scalar_id = ids
-        if scalar_id < 0 or scalar_id >= n_rows:
+        # Compared as Python ints first: an int beyond int64 must reach the general path, not overflow here.
+        if not 0 <= ids < n_rows:
             return None
+        scalar_id = ids
         dims[0] = dim
         if out is None:
             out = cnp.PyArray_EMPTY(1, dims, table_type, 0)

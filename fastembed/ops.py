@@ -44,10 +44,7 @@ def gather(table, ids, out=None, n_threads=None, max_norm=None, norm_type=2.0, o
     # table goes there too, to be refused.
     if (max_norm is None and (n_threads is None or (type(n_threads) is int and 0 < n_threads <= MAX_THREADS))
             and (out is None or not (type(table) is np.ndarray and np.may_share_memory(out, table)))):
-        try:
-            small = _gather.gather_small(table, ids, out)
-        except OverflowError:       # a Python int beyond int64: the general path names it
-            small = None
+        small = _gather.gather_small(table, ids, out)
         if small is not None:
             if not (type(out_of_range) is str and out_of_range == "raise"):
                 _out_of_range.parse(out_of_range, table.shape[0])    # every id was valid: only check it
