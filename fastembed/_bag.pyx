@@ -13,6 +13,7 @@ from cython.parallel cimport prange
 
 import numpy as np
 
+from fastembed._openmp cimport PARALLEL_MIN_BYTES
 from fastembed._memory cimport prefetch_row_keep, worth_prefetching
 from fastembed._segment cimport Segments, make_segments, reduce_segment
 from fastembed._types cimport index_t, real_t
@@ -23,8 +24,6 @@ cdef enum:
     MODE_SQRTN = 2
     MODE_MAX = 3
     PREFETCH_DISTANCE = 16
-    # Below this many bytes of rows read, one thread is faster than starting a team.
-    PARALLEL_MIN_BYTES = 1 << 16
 
 
 cdef inline real_t _bag_scale(int mode, real_t denom) noexcept nogil:

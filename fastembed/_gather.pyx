@@ -9,13 +9,9 @@ was tuned on, so the output goes through the cache.
 from libc.string cimport memcpy
 from cython.parallel cimport prange
 
+from fastembed._openmp cimport PARALLEL_MIN_BYTES
 from fastembed._memory cimport prefetch_distance, prefetch_row_read, worth_prefetching
 from fastembed._types cimport index_t, real_t
-
-cdef enum:
-    # Below this many output bytes one thread is faster than starting a team.
-    PARALLEL_MIN_BYTES = 1 << 16
-
 
 cdef inline void _copy_row(void *dst, const void *src, Py_ssize_t row_bytes) noexcept nogil:
     # Constant sizes let the compiler emit a few register moves instead of a library call.

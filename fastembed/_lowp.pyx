@@ -8,12 +8,12 @@ from libc.stdint cimport uint8_t, uint16_t
 from libc.string cimport memcpy
 from cython.parallel cimport prange
 
+from fastembed._openmp cimport PARALLEL_MIN_BYTES
 from fastembed._lowp cimport fe_bf16_row_to_float, fe_float_to_bf16, fe_half_row_to_float, fe_u8_row_to_float
 from fastembed._memory cimport prefetch_distance, prefetch_row_read
 from fastembed._types cimport index_t
 
 cdef enum:
-    PARALLEL_MIN_BYTES = 1 << 16
     STORAGE_F16 = 0
     STORAGE_BF16 = 1
     STORAGE_U8 = 2

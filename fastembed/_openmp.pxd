@@ -16,3 +16,9 @@ cdef extern from *:
     int omp_get_max_threads() noexcept nogil
     int omp_get_num_procs() noexcept nogil
     int omp_get_thread_num() noexcept nogil
+
+
+cdef enum:
+    # Below this many bytes of work every kernel runs on one thread, whatever team size it was given:
+    # starting a team costs more than the work.
+    PARALLEL_MIN_BYTES = 1 << 16

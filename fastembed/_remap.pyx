@@ -9,6 +9,7 @@ from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy, memset
 from cython.parallel cimport prange
 
+from fastembed._openmp cimport PARALLEL_MIN_BYTES
 from fastembed._memory cimport prefetch_distance, prefetch_row_read
 from fastembed._types cimport index_t, real_t
 
@@ -16,8 +17,6 @@ cdef enum:
     POLICY_CLIP = 1
     POLICY_ZERO = 2
     POLICY_ROW = 3
-    # Below this many bytes written, one thread is faster than starting a team.
-    PARALLEL_MIN_BYTES = 1 << 16
 
 # The policy codes, for ``fastembed._out_of_range``.
 CLIP = POLICY_CLIP

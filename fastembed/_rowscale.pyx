@@ -8,13 +8,13 @@ from libc.math cimport fabs, pow
 from libc.stdint cimport int64_t
 from cython.parallel cimport prange
 
+from fastembed._openmp cimport PARALLEL_MIN_BYTES
 from fastembed._memory cimport prefetch_distance, prefetch_row_read
 from fastembed._rowscale cimport (NORM_INF, NORM_L1, NORM_L2, norm_kind, renorm_scale, row_norm,
                                   scale_row)
 from fastembed._types cimport real_t
 
 cdef enum:
-    PARALLEL_MIN_BYTES = 1 << 16
     OP_RENORM = 0
     OP_CLIP = 1
     OP_CLIP_BACKWARD = 2

@@ -8,12 +8,9 @@ same for any number of threads, and the same as ``np.add.at``.
 from libc.stdint cimport int64_t, uint8_t
 from cython.parallel cimport prange
 
+from fastembed._openmp cimport PARALLEL_MIN_BYTES
 from fastembed._memory cimport prefetch_distance, prefetch_row_read, prefetch_row_write, worth_prefetching
 from fastembed._types cimport index_t, real_t
-
-cdef enum:
-    PARALLEL_MIN_BYTES = 1 << 16
-
 
 cdef void _segment_sum_range(const real_t *grad, const int64_t *order, const int64_t *seg_ptr,
                              real_t *values, Py_ssize_t dim, Py_ssize_t n_ids,
