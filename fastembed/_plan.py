@@ -58,6 +58,19 @@ class GradPlan:
         return SparseGrad(rows, values, self.num_rows)
 
 
+def row_plan(rows, values, num_rows, n_threads=None):
+    """The plan of a gradient given row by row: ``values`` (U, D) belongs to ``rows`` (U,) int64.
+
+    Sorted unique rows in ``[0, num_rows)`` (a coalesced gradient) are applied as they are, one term per row;
+    anything else is grouped first (which also checks every id), duplicates summed in position order.
+    """
+    if rows.shape[0] and (rows[0] < 0 or rows[-1] >= num_rows or np.any(rows[1:] <= rows[:-1])):
+        return lookup_plan(rows, values, num_rows, values.dtype, n_threads=n_threads)
+    threads = resolve_threads(n_threads, values.size * values.itemsize)
+    return GradPlan(rows, np.arange(rows.shape[0], dtype=np.int64), np.arange(rows.shape[0] + 1, dtype=np.int64),
+                    values, num_rows, threads)
+
+
 def lookup_plan(ids, grad_out, num_rows, dtype, padding_idx=None, scale_grad_by_freq=False, n_threads=None):
     """The plan of a plain lookup: ``grad_out`` has shape ``ids.shape + (D,)``; every position is its own term.
 

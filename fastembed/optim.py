@@ -21,12 +21,12 @@ import math
 import numpy as np
 
 from fastembed import _optim
-from fastembed._plan import GradPlan, lookup_plan
-from fastembed._threads import resolve_threads
+from fastembed._plan import lookup_plan, row_plan
 from fastembed.bags import EmbeddingBag
 from fastembed.ops import sparse_grad
 
-_SGD, _ADAGRAD, _ROWWISE_ADAGRAD, _SPARSE_ADAM = 0, 1, 2, 3
+# The update each kernel call applies (``_optim.fused_update``'s ``kind``).
+SGD_KIND, ADAGRAD_KIND, ROWWISE_ADAGRAD_KIND, SPARSE_ADAM_KIND = 0, 1, 2, 3
 _NO_STATE = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0, np.float64)}
 
 
@@ -44,6 +44,20 @@ def _beta(value, index):
     if value >= 1.0:
         raise ValueError(f"Invalid beta parameter at index {index}: {value} (must be in [0, 1))")
     return value
+
+
+def apply_plan(kind, table, states, plan, lr, step_size=0.0, momentum=0.0, beta1=0.0, beta2=0.0, eps=0.0,
+               weight_decay=0.0):
+    """Update the rows of ``plan`` (a ``GradPlan``) of ``table`` (V, D) and their state, in place.
+
+    kind: ``SGD_KIND``, ``ADAGRAD_KIND``, ``ROWWISE_ADAGRAD_KIND`` or ``SPARSE_ADAM_KIND``. states: the
+    method's state arrays (none, one or two), each flattened to (V * D,) (row-wise Adagrad: (V,)), the table's
+    dtype. step_size: SparseAdam's bias-corrected step. The caller has checked shapes, dtypes and contiguity.
+    """
+    state1, state2 = (list(states) + [_NO_STATE[table.dtype]] * 2)[:2]
+    scratch = np.empty((plan.threads, _optim.BLOCK_ROWS * table.shape[1]), table.dtype)
+    _optim.fused_update(kind, table, state1, state2, plan.rows, *plan.kernel_args(), lr, momentum, beta1, beta2,
+                        eps, weight_decay, step_size, scratch, plan.threads)
 
 
 class SparseOptimizer:
@@ -135,15 +149,8 @@ class SparseOptimizer:
     def _plan_of(self, grad, n_threads):
         """A plan that applies a ``SparseGrad`` as it is: one term per row."""
         table = self.layer.embeddings
-        rows = np.asarray(grad.rows, dtype=np.int64)
-        values = np.ascontiguousarray(grad.values, dtype=table.dtype)
-        if rows.size and (rows[0] < 0 or rows[-1] >= table.shape[0] or np.any(rows[1:] <= rows[:-1])):
-            # Not sorted unique in range (a hand-made gradient): group it, which also checks the ids.
-            coalesced = sparse_grad(rows, values, num_rows=table.shape[0], n_threads=n_threads)
-            rows, values = coalesced.rows, coalesced.values
-        threads = resolve_threads(n_threads, values.size * values.itemsize)
-        return GradPlan(rows, np.arange(rows.shape[0], dtype=np.int64), np.arange(rows.shape[0] + 1, dtype=np.int64),
-                        values, table.shape[0], threads)
+        return row_plan(np.asarray(grad.rows, dtype=np.int64), np.ascontiguousarray(grad.values, dtype=table.dtype),
+                        table.shape[0], n_threads)
 
     def fused_step(self, ids, grad_out, offsets=None, per_sample_weights=None, n_threads=None):
         """Backward and update in one pass, from one batch.
@@ -192,14 +199,8 @@ class SparseOptimizer:
                 raise ValueError(f"state {name!r} does not fit the layer's table {table.shape} {table.dtype}: "
                                  f"was the table replaced? Create the optimizer again")
         step_size = self._advance()
-        arrays = [self.state[name].reshape(-1) for name in self._state_shapes()]
-        state1, state2 = (arrays + [_NO_STATE[table.dtype]] * 2)[:2]
-        scratch = np.empty((plan.threads, _optim.BLOCK_ROWS * table.shape[1]), table.dtype)
-        hyper = {"momentum": 0.0, "beta1": 0.0, "beta2": 0.0, "eps": 0.0, "weight_decay": 0.0,
-                 **self._kernel_hyper()}
-        _optim.fused_update(self.kind, table, state1, state2, plan.rows, *plan.kernel_args(), self.lr,
-                            hyper["momentum"], hyper["beta1"], hyper["beta2"], hyper["eps"], hyper["weight_decay"],
-                            step_size, scratch, plan.threads)
+        apply_plan(self.kind, table, [self.state[name].reshape(-1) for name in self._state_shapes()], plan,
+                   self.lr, step_size, **self._kernel_hyper())
 
     def _kernel_hyper(self):
         return {}
@@ -214,7 +215,7 @@ class SGD(SparseOptimizer):
     form, dampening 0), lazily: a row's buffer only decays and applies when the row is in the batch.
     weight_decay adds ``weight_decay * w`` to the gradient of touched rows."""
 
-    kind = _SGD
+    kind = SGD_KIND
     hyper_names = ("lr", "momentum", "weight_decay")
 
     def __init__(self, layer, lr, momentum=0.0, weight_decay=0.0):
@@ -237,7 +238,7 @@ class Adagrad(SparseOptimizer):
     (lr_decay 0), the accumulator starting at ``initial_accumulator_value``; weight_decay adds
     ``weight_decay * w`` to the gradient of touched rows. State: ``sum`` (V, D)."""
 
-    kind = _ADAGRAD
+    kind = ADAGRAD_KIND
     hyper_names = ("lr", "eps", "initial_accumulator_value", "weight_decay")
 
     def __init__(self, layer, lr, eps=1e-10, initial_accumulator_value=0.0, weight_decay=0.0):
@@ -265,7 +266,7 @@ class RowWiseAdagrad(SparseOptimizer):
     tables): ``sum[r] += mean(g^2); w -= lr * g / (sqrt(sum[r]) + eps)``; weight_decay adds
     ``weight_decay * w`` to the gradient first (FBGEMM's L2 mode). State: ``sum`` (V,)."""
 
-    kind = _ROWWISE_ADAGRAD
+    kind = ROWWISE_ADAGRAD_KIND
     hyper_names = ("lr", "eps", "weight_decay")
 
     def __init__(self, layer, lr, eps=1e-10, weight_decay=0.0):
@@ -290,7 +291,7 @@ class SparseAdam(SparseOptimizer):
     count per table, as in PyTorch, incremented by every ``step()`` that finds a gradient and every
     ``fused_step``, even an empty one). State: ``exp_avg``, ``exp_avg_sq`` (V, D) and ``step``."""
 
-    kind = _SPARSE_ADAM
+    kind = SPARSE_ADAM_KIND
     hyper_names = ("lr", "betas", "eps", "step_count")
 
     def __init__(self, layer, lr, betas=(0.9, 0.999), eps=1e-8):
