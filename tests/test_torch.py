@@ -312,7 +312,7 @@ class _Tower(nn.Module):
         self.words = shared
         self.blocks = nn.ModuleList([nn.Sequential(nn.Embedding(30, 4, max_norm=1.0, sparse=True)),
                                      nn.ModuleDict({"again": shared})])
-        self.bag = nn.EmbeddingBag(15, 4, mode="mean")
+        self.bag = nn.EmbeddingBag(15, 4, mode="max", padding_idx=3, include_last_offset=True)
         self.head = nn.Linear(4, 20, bias=False)
         self.head.weight = shared.weight     # tied
 
@@ -333,7 +333,8 @@ def test_swap_embeddings_keeps_parameters_options_and_outputs():
     assert type(model.words) is fet.Embedding and model.blocks[1]["again"] is model.words
     swapped = model.blocks[0][0]
     assert type(swapped) is fet.Embedding and swapped.max_norm == 1.0 and swapped.sparse and not swapped.training
-    assert type(model.bag) is nn.EmbeddingBag
+    assert type(model.bag) is fet.EmbeddingBag and model.bag.weight is params_before[2]
+    assert (model.bag.mode, model.bag.padding_idx, model.bag.include_last_offset) == ("max", 3, True)
     assert model.words.padding_idx == 0 and model.head.weight is model.words.weight
     assert all(a is b for a, b in zip(model.parameters(), params_before)) and list(model.state_dict()) == keys_before
     torch.testing.assert_close(model(words, other), expected, rtol=0, atol=0)
