@@ -13,6 +13,7 @@ Limits: CPU tensors of float32/float64 only (a clear error otherwise); the kerne
 differentiable (no double backward).
 """
 import math
+import weakref
 
 import numpy as np
 import torch
@@ -58,11 +59,42 @@ def _check_tensors(input, weight):
         raise ValueError(f"weight must be 2-D (num_embeddings, embedding_dim), got shape {tuple(weight.shape)}")
 
 
-def _sparse_weight_grad(found, num_rows):
+def _sparse_weight_grad(found, num_rows, weight_ref):
     """A ``SparseGrad`` as a (num_rows, D) sparse COO tensor sharing its arrays, marked coalesced (its rows are
     sorted and unique) so that optimizers use it without sorting it again."""
-    return torch.sparse_coo_tensor(torch.from_numpy(found.rows)[None], torch.from_numpy(found.values),
+    grad = torch.sparse_coo_tensor(torch.from_numpy(found.rows)[None], torch.from_numpy(found.values),
                                    (num_rows, found.values.shape[1]), is_coalesced=True, check_invariants=False)
+    weight = weight_ref()
+    if weight is not None and id(weight) in _COALESCED_MARKS:
+        _COALESCED_MARKS[id(weight)] = _identity(grad)
+    return grad
+
+
+# id of a leaf weight with sparse gradients (an entry lives as long as its weight) -> the identity of the last coalesced gradient made for them. Autograd
+# stores a fresh sparse gradient in ``.grad`` as a shallow copy that drops the coalesced flag, so torch's
+# optimizers would sort it again; a hook puts the flag back when ``.grad`` is exactly that gradient.
+_COALESCED_MARKS = {}
+
+
+def _identity(grad):
+    return grad._indices().data_ptr(), grad._values().data_ptr(), grad._nnz()
+
+
+def _keep_coalesced_flag(weight):
+    """Watch a leaf weight that gets sparse gradients from this module (once per weight)."""
+    if weight.is_leaf and weight.requires_grad and id(weight) not in _COALESCED_MARKS:
+        _COALESCED_MARKS[id(weight)] = None
+        weakref.finalize(weight, _COALESCED_MARKS.pop, id(weight), None)
+        weight.register_post_accumulate_grad_hook(_restore_coalesced_flag)
+
+
+def _restore_coalesced_flag(weight):
+    mark, _COALESCED_MARKS[id(weight)] = _COALESCED_MARKS.get(id(weight)), None
+    grad = weight.grad
+    # A sum of several backward passes (or a gradient from elsewhere) has other buffers: left as it is.
+    if mark is not None and grad is not None and grad.is_sparse and not grad.is_coalesced() and \
+            _identity(grad) == mark:
+        grad._coalesced_(True)
 
 
 def _dense_weight_grad(found, num_rows):
@@ -93,6 +125,7 @@ class Lookup(torch.autograd.Function):
         ctx.save_for_backward(ids)
         ctx.num_rows = weight.shape[0]
         ctx.options = (padding_idx, scale_grad_by_freq, sparse)
+        ctx.weight_ref = weakref.ref(weight)
         return torch.from_numpy(out)
 
     @staticmethod
@@ -110,7 +143,7 @@ class Lookup(torch.autograd.Function):
             found = sparse_grad(flat, grad, num_rows=num_rows, n_threads=threads, padding_idx=padding_idx,
                                 scale_grad_by_freq=scale_grad_by_freq)
             if sparse:
-                return _sparse_weight_grad(found, num_rows), None, None, None, None
+                return _sparse_weight_grad(found, num_rows, ctx.weight_ref), None, None, None, None
             return _dense_weight_grad(found, num_rows), None, None, None, None
         dense = np.zeros((num_rows, dim), dtype=grad.dtype)    # calloc: see _dense_weight_grad
         # Each row sums its positions in increasing order, as torch does: the same bits as nn.Embedding.
@@ -165,6 +198,8 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, sca
     if max_norm is not None:
         with torch.no_grad():
             embedding_renorm_(weight, input, max_norm, norm_type)
+    if sparse:
+        _keep_coalesced_flag(weight)
     return Lookup.apply(weight, input, padding_idx, bool(scale_grad_by_freq), bool(sparse))
 
 
@@ -209,7 +244,7 @@ class BagLookup(torch.autograd.Function):
         # makes autograd refuse a backward pass after it was changed in place.
         needs_weight = bags.mode == "max" or (per_sample_weights is not None and per_sample_weights.requires_grad)
         ctx.save_for_backward(weight if needs_weight else None)
-        ctx.bags, ctx.options = bags, (scale_grad_by_freq, sparse)
+        ctx.bags, ctx.options, ctx.weight_ref = bags, (scale_grad_by_freq, sparse), weakref.ref(weight)
         return torch.from_numpy(out)
 
     @staticmethod
@@ -223,7 +258,10 @@ class BagLookup(torch.autograd.Function):
         grad_weight = grad_weights = None
         if ctx.needs_input_grad[0]:
             found = bag_plan(bags, grad, grad.dtype, scale_grad_by_freq, table).sparse_grad()
-            grad_weight = (_sparse_weight_grad if sparse else _dense_weight_grad)(found, bags.num_rows)
+            if sparse:
+                grad_weight = _sparse_weight_grad(found, bags.num_rows, ctx.weight_ref)
+            else:
+                grad_weight = _dense_weight_grad(found, bags.num_rows)
         if ctx.needs_input_grad[1]:
             rows = torch.from_numpy(gather(table, bags.ids, n_threads=bags.threads))
             bag_of = torch.from_numpy(np.repeat(np.arange(bags.n_bags), np.diff(bags.offsets)))
@@ -262,6 +300,8 @@ def embedding_bag(input, weight, offsets=None, max_norm=None, norm_type=2.0, sca
     if max_norm is not None:
         with torch.no_grad():
             embedding_renorm_(weight, input, max_norm, norm_type)
+    if sparse:
+        _keep_coalesced_flag(weight)
     return BagLookup.apply(weight, per_sample_weights, bags, bool(scale_grad_by_freq), bool(sparse))
 
 
