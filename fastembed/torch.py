@@ -3,9 +3,10 @@
 ``torch.optim`` classes that apply sparse gradients with fastembed's fused row kernels.
 
 ``import fastembed.torch`` is the only place fastembed imports torch (an optional extra). Everything here
-works on the tensors' own memory through numpy views: the forward pass is fastembed's ``gather`` into a new
-tensor, the backward pass ``scatter_add`` into a new zero tensor (dense) or ``sparse_grad`` (``sparse=True``,
-a coalesced COO tensor that ``Adagrad``/``SparseAdam`` use without sorting it again).
+works on the tensors' own memory through numpy views: the forward pass is fastembed's ``gather`` (bags: its
+bag kernels) into a new tensor, the backward pass ``scatter_add`` into a new zero tensor (dense) or
+``sparse_grad`` (``sparse=True``, a coalesced COO tensor that optimizers use without sorting it again); the
+optimizers update the weight and their state tensors in place.
 
 Limits: CPU tensors of float32/float64 only (a clear error otherwise); the kernels run with
 ``torch.get_num_threads()`` threads; ``torch.compile`` runs the lookup eagerly (a graph break, so
@@ -22,8 +23,8 @@ from torch.autograd.function import once_differentiable
 from fastembed import _index
 from fastembed._interop import from_dlpack
 from fastembed._options import check_padding_idx
-from fastembed._threads import get_num_threads, resolve_threads
 from fastembed._plan import bag_plan, row_plan
+from fastembed._threads import get_num_threads, resolve_threads
 from fastembed._validation import as_ids, as_table, check_rows
 from fastembed.bags import _pool, check_mode, prepare_bags
 from fastembed.ops import gather, scatter_add, sparse_grad
@@ -277,7 +278,7 @@ def embedding_bag(input, weight, offsets=None, max_norm=None, norm_type=2.0, sca
                   mode="mean", sparse=False, per_sample_weights=None, include_last_offset=False, padding_idx=None):
     """``torch.nn.functional.embedding_bag`` computed by fastembed: each bag's rows of ``weight`` pooled.
 
-    input: (N,) int tensor with ``offsets`` (B,) bag starts, or (B, N + 1) ending with N when
+    input: (N,) int tensor with ``offsets``, the (B,) bag starts, or (B + 1,) ending with N when
     ``include_last_offset``; or (B, L) fixed-length bags with ``offsets=None``. weight: (V, D) float32/float64
     CPU tensor. mode: ``"sum"``, ``"mean"``, ``"max"`` (or fastembed's ``"sqrtn"``). per_sample_weights:
     input's shape, the weight's dtype, sum mode only (as in torch). padding_idx: ids equal to it are skipped

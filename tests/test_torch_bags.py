@@ -305,3 +305,18 @@ def test_optimizers_with_bags_match_torch():
     reference, ours = _twins({"mode": "mean", "sparse": True, "padding_idx": 1})
     _train_and_compare(reference, ours, _batches(2, 4, "offsets", padding_idx=1), "sparse_adam", True, namespace=fet)
     assert np.isfinite(ours.embedding.weight.detach().numpy()).all()
+
+
+@pytest.mark.parametrize("layout", ["2d", "offsets"])
+def test_per_sample_weight_gradient_with_a_nonzero_padding_row(layout):
+    # A pre-trained table keeps whatever its padding row holds: padding positions still get no gradient.
+    weight = torch.randn(VOCAB, DIM, dtype=torch.float64, requires_grad=True)
+    (ids, offsets, weights, _), = _batches(6, 1, layout, padding_idx=4, weighted=True)
+    grads, grad_out = [], torch.randn(BATCH, DIM, dtype=torch.float64)
+    for embedding_bag in (nn.functional.embedding_bag, fet.embedding_bag):
+        sample = weights.clone().requires_grad_()
+        out = embedding_bag(ids, weight, offsets, mode="sum", per_sample_weights=sample, padding_idx=4)
+        grads.append(torch.autograd.grad(out, (weight, sample), grad_out))
+    for theirs, mine in zip(*grads):
+        torch.testing.assert_close(mine, theirs, **TIGHT)
+    assert not grads[1][1][ids == 4].any() and grads[1][1][ids != 4].all()
