@@ -30,7 +30,7 @@ from fastembed.bags import _pool, check_mode, prepare_bags
 from fastembed.ops import gather, scatter_add, sparse_grad
 from fastembed.optim import ADAGRAD_KIND, SGD_KIND, SPARSE_ADAM_KIND, apply_plan
 
-__all__ = ["Adagrad", "BagLookup", "Embedding", "EmbeddingBag", "Lookup", "SGD", "SparseAdam", "embedding",
+__all__ = ["SGD", "Adagrad", "BagLookup", "Embedding", "EmbeddingBag", "Lookup", "SparseAdam", "embedding",
            "embedding_bag", "embedding_renorm_", "swap_embeddings"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
@@ -71,9 +71,10 @@ def _sparse_weight_grad(found, num_rows, weight_ref):
     return grad
 
 
-# id of a leaf weight with sparse gradients (an entry lives as long as its weight) -> the identity of the last coalesced gradient made for them. Autograd
-# stores a fresh sparse gradient in ``.grad`` as a shallow copy that drops the coalesced flag, so torch's
-# optimizers would sort it again; a hook puts the flag back when ``.grad`` is exactly that gradient.
+# id of a leaf weight with sparse gradients (an entry lives as long as its weight) -> the identity of the last
+# coalesced gradient made for it. Autograd stores a fresh sparse gradient in ``.grad`` as a shallow copy that
+# drops the coalesced flag, so torch's optimizers would sort it again; a hook puts the flag back when ``.grad``
+# is exactly that gradient.
 _COALESCED_MARKS = {}
 
 
@@ -372,9 +373,9 @@ def swap_embeddings(model):
     The new modules hold the *same* ``weight`` Parameter objects (shared, not copied), so the model's
     outputs, ``state_dict`` keys, tied weights and any optimizer already built over its parameters are
     unchanged; every option (padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse, mode,
-    include_last_offset, frozen weights, train/eval mode) is carried over. Only modules of exactly that type are replaced (a subclass may change
-    ``forward``); hooks registered on the old modules are not carried. A module shared by several parents is
-    replaced by one new module. Every weight is checked (CPU, float32/float64) before anything is replaced.
+    include_last_offset, frozen weights, train/eval mode) is carried over. Only modules of exactly those types
+    are replaced (a subclass may change ``forward``); hooks registered on the old modules are not carried. A
+    module shared by several parents is replaced by one new module. Every weight is checked (CPU, float32/float64) before anything is replaced.
 
     Returns ``model``, or the new module when ``model`` itself is an ``nn.Embedding`` or ``nn.EmbeddingBag``.
     """
