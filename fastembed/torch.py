@@ -375,7 +375,8 @@ def swap_embeddings(model):
     unchanged; every option (padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse, mode,
     include_last_offset, frozen weights, train/eval mode) is carried over. Only modules of exactly those types
     are replaced (a subclass may change ``forward``); hooks registered on the old modules are not carried. A
-    module shared by several parents is replaced by one new module. Every weight is checked (CPU, float32/float64) before anything is replaced.
+    module shared by several parents is replaced by one new module. Every weight is checked (CPU,
+    float32/float64) before anything is replaced.
 
     Returns ``model``, or the new module when ``model`` itself is an ``nn.Embedding`` or ``nn.EmbeddingBag``.
     """
