@@ -406,8 +406,11 @@ def _check_swappable(module, path):
 
 def _unhooked(step):
     """The torch class's own ``step``: torch.optim wraps a class's ``step`` in its hook runner once the class has
-    an instance, and the hooks must run once, around the whole step, not again around the fallback."""
-    return step.__wrapped__ if getattr(step, "hooked", False) else step
+    an instance (marked ``hooked``), and torch.compile may wrap that again (copying the mark); the hooks must run
+    once, around the whole step, not again around the fallback."""
+    while getattr(step, "hooked", False):
+        step = step.__wrapped__
+    return step
 
 
 def _state_fits(param, tensor):
@@ -426,6 +429,7 @@ class _FusedSparseStep:
     own modules) is grouped by row first, duplicates summed in position order, instead of ``coalesce()``.
     """
 
+    @torch.compiler.disable
     def step(self, closure=None):
         loss = None
         if closure is not None:
