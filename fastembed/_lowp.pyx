@@ -4,13 +4,14 @@ Tables stored as float16, bfloat16, or 8-bit codes with a float32 (scale, bias) 
 row-wise convention) are read into a float32 output. As in the float gather, rows are prefetched about
 1 KiB ahead. The ids are validated by the caller.
 """
-from libc.stdint cimport uint8_t, uint16_t
-from libc.string cimport memcpy
+from libc.math cimport sqrt
+from libc.stdint cimport int64_t, uint8_t, uint16_t
+from libc.string cimport memcpy, memset
 from cython.parallel cimport prange
 
 from fastembed._openmp cimport PARALLEL_MIN_BYTES
 from fastembed._lowp cimport fe_bf16_row_to_float, fe_float_to_bf16, fe_half_row_to_float, fe_u8_row_to_float
-from fastembed._memory cimport prefetch_distance, prefetch_row_read
+from fastembed._memory cimport prefetch_distance, prefetch_row_keep, prefetch_row_read, worth_prefetching
 from fastembed._types cimport index_t
 
 cdef enum:
@@ -134,3 +135,102 @@ def float_to_bf16(const float[::1] values, uint16_t[::1] bits, int n_threads):
     with nogil:
         for k in prange(n, schedule='static', num_threads=n_threads):
             bits[k] = fe_float_to_bf16(values[k])
+
+
+# ---- pooled bags over low-precision tables ---------------------------------------------------------------------
+cdef enum:
+    # fastembed.bags' mode codes (the float kernels in _bag.pyx use the same ones)
+    BAG_SUM = 0
+    BAG_MEAN = 1
+    BAG_SQRTN = 2
+    BAG_MAX = 3
+    # float32 columns converted and pooled per pass over a bag: the bag's raw rows stay in L1 between passes
+    BAG_BLOCK = 64
+    BAG_PREFETCH_DISTANCE = 16
+
+
+cdef void _pool_bag_lowp(int storage, const char *table, const float *scale_bias, const index_t *ids,
+                         Py_ssize_t n_ids, int64_t start, int64_t end, const float *weights, int mode,
+                         int64_t padding, Py_ssize_t dim, Py_ssize_t itemsize, bint prefetch,
+                         float *dst) noexcept nogil:
+    """``dst = pool(float32(table[ids[start:end]]))``, accumulated in float32 in position order."""
+    cdef float converted[BAG_BLOCK]
+    cdef Py_ssize_t j, j0 = 0, width, row_bytes = dim * itemsize
+    cdef int64_t k, row, ahead
+    cdef float w = 1, denom = 0
+    cdef bint seen
+    memset(dst, 0, dim * sizeof(float))
+    for k in range(start, end):
+        if ids[k] == padding:
+            continue
+        if weights != NULL:
+            w = weights[k]
+        denom += w if mode != BAG_SQRTN else w * w
+    while j0 < dim:
+        width = min(<Py_ssize_t>BAG_BLOCK, dim - j0)
+        seen = False
+        for k in range(start, end):
+            if prefetch and j0 == 0:
+                ahead = k + BAG_PREFETCH_DISTANCE
+                if ahead < n_ids:
+                    prefetch_row_keep(table + ids[ahead] * row_bytes, row_bytes)
+            row = ids[k]
+            if row == padding:
+                continue
+            _convert_row(storage, table + row * row_bytes + j0 * itemsize, scale_bias + 2 * row, converted, width)
+            if mode == BAG_MAX:
+                if not seen:
+                    memcpy(dst + j0, converted, width * sizeof(float))
+                    seen = True
+                else:
+                    for j in range(width):
+                        dst[j0 + j] = converted[j] if converted[j] > dst[j0 + j] else dst[j0 + j]
+            else:
+                if weights != NULL:
+                    w = weights[k]
+                for j in range(width):
+                    dst[j0 + j] += w * converted[j]
+        j0 += width
+    if mode == BAG_SUM or mode == BAG_MAX:
+        return
+    if denom == 0:
+        memset(dst, 0, dim * sizeof(float))
+        return
+    # Divide, as the float bags do: the mean is then exactly rounded.
+    if mode == BAG_SQRTN:
+        denom = <float>sqrt(denom)
+    for j in range(dim):
+        dst[j] /= denom
+
+
+def bag_forward_lowp(int storage, const uint8_t[:, ::1] raw, const float[:, ::1] scale_bias,
+                     const index_t[::1] ids, const int64_t[::1] offsets, const float[::1] weights, int mode,
+                     int64_t padding, float[:, ::1] out, int n_threads):
+    """Pool each bag of a low-precision table into float32: ``out[b] = pool(float32(table[bag b]))``.
+
+    storage: 0 float16, 1 bfloat16, 2 int8 row-wise; raw: the table's bytes, (V, D * itemsize) uint8;
+    scale_bias: (V, 2) float32 for int8, else empty. ids, offsets, weights (float32 or empty), mode, padding:
+    as in ``_bag.bag_forward`` (max mode without arg-max). out: (B, D) float32.
+    """
+    cdef Py_ssize_t n_bags = out.shape[0], dim = out.shape[1], n_ids = ids.shape[0], b
+    cdef Py_ssize_t itemsize = raw.shape[1] // dim if dim else 1
+    cdef const float *w = &weights[0] if weights.shape[0] else NULL
+    cdef const float *sb = &scale_bias[0, 0] if scale_bias.shape[0] else NULL
+    cdef const char *table
+    cdef bint prefetch = worth_prefetching(raw.shape[0] * raw.shape[1])
+    if n_bags == 0 or dim == 0:
+        return
+    if n_ids == 0:
+        out[:, :] = 0
+        return
+    table = <const char *>&raw[0, 0]
+    if n_threads <= 1 or n_ids * dim * sizeof(float) < PARALLEL_MIN_BYTES:
+        with nogil:
+            for b in range(n_bags):
+                _pool_bag_lowp(storage, table, sb, &ids[0], n_ids, offsets[b], offsets[b + 1], w, mode, padding,
+                               dim, itemsize, prefetch, &out[b, 0])
+        return
+    with nogil:
+        for b in prange(n_bags, schedule='guided', num_threads=n_threads):
+            _pool_bag_lowp(storage, table, sb, &ids[0], n_ids, offsets[b], offsets[b + 1], w, mode, padding,
+                           dim, itemsize, prefetch, &out[b, 0])
