@@ -24,7 +24,8 @@ from fastembed.bench import peers, registry, timing
 from fastembed.bench.workloads import DEFAULT_WORKLOADS, WORKLOADS, build_workload
 
 SCHEMA_VERSION = 1
-BYTES_FORMULA = "bytes = 2*N*D*itemsize + N*id_itemsize (every looked-up row read and written once, every id read)"
+BYTES_FORMULA = ("bytes = 2*N*D*itemsize + N*id_itemsize (every looked-up row read and written once, every id "
+                 "read); bag workloads: (N + B)*D*itemsize + N*id_itemsize (rows read, bags written, ids read)")
 PROGRESS_PREFIX = "@@fastembed-bench-progress "
 
 
