@@ -194,7 +194,8 @@ def _compact_rows(table, bags, max_norm=None, norm_type=2.0):
     if bags.padding >= 0:
         at = int(np.searchsorted(rows, bags.padding))
         padding = at if at < rows.shape[0] and rows[at] == bags.padding else -1
-    compact_bags = Bags(local, bags.offsets, bags.weights, bags.mode, padding, bags.shape, rows.shape[0],
+    # At least one row: a row count must be positive, even for a batch without ids.
+    compact_bags = Bags(local, bags.offsets, bags.weights, bags.mode, padding, bags.shape, max(rows.shape[0], 1),
                         bags.threads)
     return rows, compact, compact_bags
 
@@ -240,6 +241,7 @@ def embedding_bag(table, ids, offsets=None, mode="sum", per_sample_weights=None,
     (float32 for low precision). Each bag is summed in position order by one thread: the same bits for any
     thread count.
     """
+    given = table
     table, reader = _table_and_reader(table)
     _check_empty_policy(empty)
     clip = _max_norm_options(max_norm, norm_type, max_norm_mode)
@@ -253,7 +255,8 @@ def embedding_bag(table, ids, offsets=None, mode="sum", per_sample_weights=None,
         _, compact, compact_bags = _compact_rows(table, bags, clip[0], clip[1])
         return _pool(compact, compact_bags, empty)
     if clip is not None:
-        renorm_(table, bags.ids, clip[0], clip[1], n_threads=bags.threads)
+        # The table as given: a list would be converted to a temporary, and the rescaling silently lost.
+        renorm_(given, bags.ids, clip[0], clip[1], n_threads=bags.threads)
     return _pool(table if reader is not None else np.ascontiguousarray(table), bags, empty)
 
 

@@ -276,3 +276,25 @@ def test_per_sample_weights_grad_arguments_are_checked(rng):
         fastembed.per_sample_weights_grad(table, ids, np.ones((4, 5)), offsets, per_sample_weights=weights)
     with pytest.raises(IndexError):
         fastembed.per_sample_weights_grad(table, np.append(ids[:-1], 99), np.ones((5, 5)), offsets)
+
+
+def test_batches_without_ids_give_zeros_and_empty_gradients(rng):
+    table, _, _, _ = _batch(rng, dtype=np.float32)
+    ids, offsets = np.array([], np.int64), np.array([0, 0])
+    zeros = np.zeros((2, table.shape[1]), np.float32)
+    np.testing.assert_array_equal(fastembed.embedding_bag(table, ids, offsets, max_norm=1.0), zeros)
+    np.testing.assert_array_equal(fastembed.embedding_bag(lowp.encode(table, "int8"), ids, offsets), zeros)
+    grad = fastembed.embedding_bag_backward(ids, np.ones((2, 5)), offsets, max_norm=1.0, table=table)
+    assert grad.rows.size == 0 and grad.num_rows == table.shape[0]
+    assert fastembed.per_sample_weights_grad(table, ids, np.ones((2, 5)), offsets).shape == (0,)
+
+
+def test_inplace_max_norm_needs_a_writeable_array(rng):
+    table, ids, offsets, _ = _batch(rng)
+    with pytest.raises(TypeError, match="written in place"):
+        fastembed.embedding_bag(table.tolist(), ids, offsets, max_norm=1.0, max_norm_mode="inplace")
+    table.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        fastembed.embedding_bag(table, ids, offsets, max_norm=1.0, max_norm_mode="inplace")
+    np.testing.assert_array_equal(fastembed.embedding_bag(table.tolist(), ids, offsets),
+                                  fastembed.embedding_bag(table, ids, offsets))
