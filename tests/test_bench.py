@@ -195,3 +195,12 @@ def test_bag_checks_catch_wrong_pooling_and_wrong_updates():
     touched = stepped.after.copy()
     touched[np.setdiff1d(np.arange(wl.rows), grad.rows)[0]] += 1.0
     assert "no id" in step.check(stepped, bag_ops.Stepped("rowwise_adagrad", touched), wl)
+
+
+def test_opt_in_ops_run_only_when_named():
+    from fastembed.bench.runner import Config
+
+    default = Config.make().ops
+    assert "bag_forward" in default and "fused_step" in default and "fused_step_sgd" not in default
+    assert Config.make(ops=["fused_step_sgd"]).ops == ["fused_step_sgd"]
+    assert not registry.get_op("fused_step").applies_to("rand") and registry.get_op("gather").applies_to("rand")

@@ -90,6 +90,7 @@ class Op:
     workloads: Optional[tuple] = None
     order: int = 100  # where it comes in tables and runs (then by name)
     kind: str = "lookup"  # the workloads it runs on when ``workloads`` is None: "lookup" or "bags"
+    default: bool = True  # part of a run that names no ops (False: only with --ops NAME)
 
     def applies_to(self, workload_name):
         from fastembed.bench.workloads import WORKLOADS

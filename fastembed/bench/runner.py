@@ -47,7 +47,8 @@ class Config:
 
     @classmethod
     def make(cls, ops=None, workloads=None, threads=None, rounds=None, quick=False, libraries=None, **extra):
-        op_names = [op if isinstance(op, str) else op.name for op in (ops or list(registry.all_ops()))]
+        default_ops = [name for name, op in registry.all_ops().items() if op.default]
+        op_names = [op if isinstance(op, str) else op.name for op in (ops or default_ops)]
         for name in op_names:
             _resolve_op(name)  # unknown names raise here, before any work
         workloads = list(workloads or DEFAULT_WORKLOADS)

@@ -4,12 +4,12 @@
   TBE forward and numpy (``np.add.reduceat`` over ``np.take``).
 - ``bag_backward``: ``fastembed.embedding_bag_backward`` (a ``SparseGrad``) vs PyTorch's dense and sparse
   (+ coalesce) backward of ``F.embedding_bag``, and ``np.add.at``.
-- ``fused_step`` (row-wise Adagrad), ``fused_step_adam`` (SparseAdam), ``fused_step_sgd``, ``fused_step_adagrad``:
-  one ``fused_step`` (backward and update in one pass) vs PyTorch's ``sparse=True`` bag backward + the optimizer's
-  ``step()``, and FBGEMM's fused backward-and-update TBEs.
+- ``fused_step`` (row-wise Adagrad), ``fused_step_adam`` (SparseAdam), and opt-in ``fused_step_sgd`` and
+  ``fused_step_adagrad``: one ``fused_step`` (backward and update in one pass) vs PyTorch's ``sparse=True`` bag
+  backward + the optimizer's ``step()``, and FBGEMM's fused backward-and-update TBEs.
 
 The peers' forward passes run untimed (``prepare``): each timing is the backward and the update only. A fused
-step is checked row by row against the textbook update of the peer's own rule (``_RULES``, from the numpy
+step is checked row by row against the textbook update of the peer's own rule (``_first_step``, from the numpy
 oracles), applied to fastembed's bag gradient: PyTorch has no row-wise Adagrad, so its nearest, the element-wise
 one, is checked as such and said so in its note.
 """
@@ -287,15 +287,16 @@ def _fbgemm_fused(rule, optimizer_name):
 _FBGEMM_SGD = Impl("FBGEMM fused SGD", "fbgemm_gpu", _fbgemm_fused("sgd", "EXACT_SGD"), short="FBGEMM SGD",
                    note="TBE backward fused with exact SGD: the cheapest fused update, for reference")
 
-# name, title, fastembed's optimizer, its rule, torch's optimizer and rule, FBGEMM's own fused version (or None).
+# name, title, fastembed's optimizer and hyper-parameters, its rule, torch's optimizer, rule and hyper-parameters,
+# FBGEMM's own fused version (or None), part of a default run. SGD and element-wise Adagrad are opt-in (--ops).
 _FUSED = (
     ("fused_step", "fused backward + row-wise Adagrad", "RowWiseAdagrad", dict(eps=EPS), "rowwise_adagrad",
-     ("Adagrad", "adagrad", dict(eps=EPS)), "EXACT_ROWWISE_ADAGRAD"),
+     ("Adagrad", "adagrad", dict(eps=EPS)), "EXACT_ROWWISE_ADAGRAD", True),
     ("fused_step_adam", "fused backward + SparseAdam", "SparseAdam", dict(eps=EPS), "adam",
-     ("SparseAdam", "adam", dict(eps=EPS)), None),
-    ("fused_step_sgd", "fused backward + SGD", "SGD", {}, "sgd", ("SGD", "sgd", {}), None),
+     ("SparseAdam", "adam", dict(eps=EPS)), None, True),
+    ("fused_step_sgd", "fused backward + SGD", "SGD", {}, "sgd", ("SGD", "sgd", {}), None, False),
     ("fused_step_adagrad", "fused backward + Adagrad", "Adagrad", dict(eps=EPS), "adagrad",
-     ("Adagrad", "adagrad", dict(eps=EPS)), None),
+     ("Adagrad", "adagrad", dict(eps=EPS)), None, False),
 )
 
 
@@ -303,8 +304,8 @@ def _optimizer(name, hyper):
     return lambda layer: getattr(optim, name)(layer, LR, **hyper)
 
 
-for _order, (_name, _title, _ours, _our_hyper, _rule, (_torch_name, _torch_rule, _torch_hyper), _fbgemm_own) \
-        in enumerate(_FUSED, 13):
+for _order, (_name, _title, _ours, _our_hyper, _rule, (_torch_name, _torch_rule, _torch_hyper), _fbgemm_own,
+             _default) in enumerate(_FUSED, 13):
     _torch_note = "F.embedding_bag(sparse=True) backward, then optimizer.step()"
     if _torch_rule != _rule:
         _torch_note += f"; element-wise {_torch_name} (PyTorch has no row-wise one), checked as such"
@@ -323,4 +324,5 @@ for _order, (_name, _title, _ours, _our_hyper, _rule, (_torch_name, _torch_rule,
         check=_check_step,
         order=_order,
         kind="bags",
+        default=_default,
     ))
