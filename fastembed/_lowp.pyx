@@ -1,4 +1,5 @@
-"""Lookup kernels for low-precision tables: ``out[i, :] = float32(table[ids[i], :])``.
+"""Lookup and bag kernels for low-precision tables: ``out[i, :] = float32(table[ids[i], :])``, and bags of such
+rows pooled in float32.
 
 Tables stored as float16, bfloat16, or 8-bit codes with a float32 (scale, bias) pair per row (FBGEMM's
 row-wise convention) are read into a float32 output. As in the float gather, rows are prefetched about

@@ -197,10 +197,12 @@ def test_bag_checks_catch_wrong_pooling_and_wrong_updates():
     assert "no id" in step.check(stepped, bag_ops.Stepped("rowwise_adagrad", touched), wl)
 
 
-def test_opt_in_ops_run_only_when_named():
+def test_default_ops_and_workloads_leave_out_the_opt_in_ones():
     from fastembed.bench.runner import Config
 
     default = Config.make().ops
     assert "bag_forward" in default and "fused_step" in default and "fused_step_sgd" not in default
     assert Config.make(ops=["fused_step_sgd"]).ops == ["fused_step_sgd"]
     assert not registry.get_op("fused_step").applies_to("rand") and registry.get_op("gather").applies_to("rand")
+    assert "bags1_39" in Config.make().workloads and "bags1_39" not in Config.make(quick=True).workloads
+    assert Config.make(quick=True, workloads=["bags1_39"]).workloads == ["bags1_39"]

@@ -29,7 +29,7 @@ def parse_args(argv):
     )
     parser.add_argument("--quick", action="store_true",
                         help="under a minute on 2 cores: 3 rounds, V and N of the large workloads / 16, "
-                             "smaller time budgets for slow peers")
+                             "smaller time budgets for slow peers, one bag workload (bags20)")
     parser.add_argument("--ops", type=_list, default=None,
                         help="comma-separated ops (default: all but the opt-in ones)")
     parser.add_argument("--workloads", type=_list, default=None,
