@@ -11,8 +11,8 @@ from libc.string cimport memcpy, memset
 from cython.parallel cimport prange
 
 from fastembed._openmp cimport PARALLEL_MIN_BYTES
-from fastembed._lowp cimport (fe_bf16_row_to_float, fe_bf16_to_float, fe_float_to_bf16, fe_half_row_to_float,
-                             fe_u8_row_to_float)
+from fastembed._lowp cimport (fe_bf16_row_axpy, fe_bf16_row_to_float, fe_float_to_bf16, fe_half_row_axpy,
+                             fe_half_row_to_float, fe_u8_row_axpy, fe_u8_row_to_float)
 from fastembed._memory cimport prefetch_distance, prefetch_row_keep, prefetch_row_read, worth_prefetching
 from fastembed._types cimport index_t
 
@@ -146,66 +146,42 @@ cdef enum:
     BAG_MEAN = 1
     BAG_SQRTN = 2
     BAG_MAX = 3
-    # float32 columns converted and pooled per pass over the staged rows of a bag
+    # float32 columns converted per pass of max pooling over the staged rows of a bag
     BAG_BLOCK = 64
 
 
-cdef inline void _add_block(int storage, const char *row, const float *scale_bias, float w, float *acc,
-                            Py_ssize_t j0) noexcept nogil:
-    """``acc[0:BAG_BLOCK] += w * float32(row[j0:j0 + BAG_BLOCK])``: a fixed trip count, element-wise
-    conversions inline, so that the compiler vectorises it and keeps ``acc`` in registers."""
-    cdef Py_ssize_t j
-    cdef float converted[BAG_BLOCK]
-    cdef const uint16_t *bits = <const uint16_t *>row + j0
-    cdef const uint8_t *codes = <const uint8_t *>row + j0
-    cdef float scale, bias
+cdef inline void _add_row(int storage, const char *row, const float *scale_bias, float w, float *dst,
+                          Py_ssize_t dim) noexcept nogil:
+    """``dst[0:dim] += w * float32(row)``, through the converters' wide clones."""
     if storage == STORAGE_BF16:
-        for j in range(BAG_BLOCK):
-            acc[j] += w * fe_bf16_to_float(bits[j])
+        fe_bf16_row_axpy(<const uint16_t *>row, w, dst, dim)
     elif storage == STORAGE_F16:
-        # The row converter has an AVX2 clone: faster than the inline SSE2 conversion, even through memory.
-        fe_half_row_to_float(bits, converted, BAG_BLOCK)
-        for j in range(BAG_BLOCK):
-            acc[j] += w * converted[j]
+        fe_half_row_axpy(<const uint16_t *>row, w, dst, dim)
     else:
-        scale, bias = scale_bias[0], scale_bias[1]
-        for j in range(BAG_BLOCK):
-            acc[j] += w * (<float>codes[j] * scale + bias)
+        fe_u8_row_axpy(<const uint8_t *>row, scale_bias[0], scale_bias[1], w, dst, dim)
 
 
 cdef inline void _pool_rows(int storage, const char *rows, const float *scale_bias, const float *weights,
                             Py_ssize_t n_rows, int mode, bint first_rows, Py_ssize_t dim, Py_ssize_t row_bytes,
                             Py_ssize_t itemsize, float *dst) noexcept nogil:
-    """Pool ``n_rows`` raw rows (``rows``, one every ``row_bytes``) into ``dst`` (D,), in order, BAG_BLOCK
-    columns at a time; ``first_rows``: the bag's first rows (max starts from the first of them)."""
+    """Pool ``n_rows`` raw rows (``rows``, one every ``row_bytes``) into ``dst`` (D,), in order: sums row by
+    row, max BAG_BLOCK columns at a time; ``first_rows``: the bag's first rows (max starts from the first)."""
     cdef float converted[BAG_BLOCK]
-    cdef float acc[BAG_BLOCK]
     cdef Py_ssize_t r, j, j0 = 0, width
-    cdef float w
+    if mode != BAG_MAX:
+        # Whole rows, in order: dst already holds the sums of the bag's earlier rows.
+        for r in range(n_rows):
+            _add_row(storage, rows + r * row_bytes, scale_bias + 2 * r, weights[r], dst, dim)
+        return
     while j0 < dim:
         width = min(<Py_ssize_t>BAG_BLOCK, dim - j0)
-        if mode != BAG_MAX and width == BAG_BLOCK:
-            # dst holds the sums of the bag's earlier rows: adding to them keeps the position order.
-            for j in range(BAG_BLOCK):
-                acc[j] = dst[j0 + j]
-            for r in range(n_rows):
-                _add_block(storage, rows + r * row_bytes, scale_bias + 2 * r, weights[r], acc, j0)
-            for j in range(BAG_BLOCK):
-                dst[j0 + j] = acc[j]
-            j0 += width
-            continue
         for r in range(n_rows):
             _convert_row(storage, rows + r * row_bytes + j0 * itemsize, scale_bias + 2 * r, converted, width)
-            if mode == BAG_MAX:
-                if first_rows and r == 0:
-                    memcpy(dst + j0, converted, width * sizeof(float))
-                else:
-                    for j in range(width):
-                        dst[j0 + j] = converted[j] if converted[j] > dst[j0 + j] else dst[j0 + j]
+            if first_rows and r == 0:
+                memcpy(dst + j0, converted, width * sizeof(float))
             else:
-                w = weights[r]
                 for j in range(width):
-                    dst[j0 + j] += w * converted[j]
+                    dst[j0 + j] = converted[j] if converted[j] > dst[j0 + j] else dst[j0 + j]
         j0 += width
 
 

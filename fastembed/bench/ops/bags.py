@@ -2,6 +2,7 @@
 
 - ``bag_forward`` (sum) and ``bag_forward_mean``: ``fastembed.embedding_bag`` vs ``F.embedding_bag``, FBGEMM's CPU
   TBE forward and numpy (``np.add.reduceat`` over ``np.take``).
+- ``bag_forward_int8`` (opt-in): the same over an int8 row-wise table vs PyTorch's quantized bag operator.
 - ``bag_backward``: ``fastembed.embedding_bag_backward`` (a ``SparseGrad``) vs PyTorch's dense and sparse
   (+ coalesce) backward of ``F.embedding_bag``, and ``np.add.at``.
 - ``fused_step`` (row-wise Adagrad), ``fused_step_adam`` (SparseAdam), and opt-in ``fused_step_sgd`` and
@@ -19,7 +20,7 @@ import numpy as np
 
 import fastembed
 from fastembed import _reference as ref
-from fastembed import optim
+from fastembed import lowp, optim
 from fastembed.bench import peers
 from fastembed.bench.ops._common import ADD_AT_BUDGET_S, fbgemm_module, zeroed
 from fastembed.bench.registry import (ATOL, RTOL_SUM, Case, Dense, Impl, Op, Sparse, check_gradient, compare_sums,
@@ -131,6 +132,54 @@ for _mode, _order in (("sum", 10), ("mean", 11)):
     ))
 
 
+def _quantized(wl):
+    """The workload's table in int8 row-wise form (``lowp.QuantizedTable``), and its decoded float32 values."""
+    def make():
+        table = lowp.QuantizedTable.from_float(wl.table)
+        return table, table.dequantize()
+    return wl.cache("int8", make)
+
+
+def _fastembed_int8(wl, n):
+    table, _ = _quantized(wl)
+    return Case(lambda: fastembed.embedding_bag(table, wl.ids, wl.offsets, include_last_offset=True, n_threads=n),
+                result=Dense)
+
+
+def _torch_int8(wl, n):
+    torch = peers.torch()
+    table, _ = _quantized(wl)
+    # PyTorch's fused rows (FBGEMM's layout): the codes, then the float32 scale and bias as 8 bytes.
+    fused = torch.from_numpy(np.concatenate([table.codes, table.scale_bias.view(np.uint8)], axis=1))
+    _, ids, offsets, _ = torch_bag_inputs(wl)
+    lookup = torch.ops.quantized.embedding_bag_byte_rowwise_offsets
+    return Case(lambda: lookup(fused, ids, offsets, False, 0, False, None, None, True),
+                result=lambda r: Dense(r.numpy()))
+
+
+def _int8_check(expected, got, wl):
+    _, decoded = _quantized(wl)
+    magnitudes = wl.cache("abs_pooled_int8", lambda: fastembed.embedding_bag(
+        np.abs(decoded), wl.ids, wl.offsets, include_last_offset=True))
+    return compare_sums(expected.array, np.asarray(got.array), magnitudes)
+
+
+register(Op(
+    name="bag_forward_int8",
+    title="bag forward (sum), int8 row-wise table",
+    fastembed=Impl("fastembed", "fastembed", _fastembed_int8,
+                   note="fastembed.embedding_bag(QuantizedTable, ids, offsets, n_threads=): float32 out"),
+    peers=(
+        Impl("torch quantized embedding_bag_byte_rowwise_offsets", "torch", _torch_int8, short="torch int8 bag",
+             note="the same codes, scales and biases in FBGEMM's fused row layout"),
+    ),
+    check=_int8_check,
+    order=12,
+    kind="bags",
+    default=False,
+))
+
+
 # ---- backward -----------------------------------------------------------------------------------------------------
 
 def _fastembed_backward(wl, n):
@@ -185,7 +234,7 @@ register(Op(
              note="each bag's gradient repeated per id, into a zeroed (V, D) buffer, zeroing excluded"),
     ),
     check=lambda expected, got, wl: check_gradient(expected, bag_grad(wl, magnitudes=True), got),
-    order=12,
+    order=13,
     kind="bags",
 ))
 
@@ -305,7 +354,7 @@ def _optimizer(name, hyper):
 
 
 for _order, (_name, _title, _ours, _our_hyper, _rule, (_torch_name, _torch_rule, _torch_hyper), _fbgemm_own,
-             _default) in enumerate(_FUSED, 13):
+             _default) in enumerate(_FUSED, 14):
     _torch_note = "F.embedding_bag(sparse=True) backward, then optimizer.step()"
     if _torch_rule != _rule:
         _torch_note += f"; element-wise {_torch_name} (PyTorch has no row-wise one), checked as such"
