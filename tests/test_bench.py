@@ -151,7 +151,7 @@ def test_command_line(tmp_path, capsys):
     assert "unknown workload" in capsys.readouterr().err
 
 
-BAG_OPS = ("bag_forward", "bag_backward", "fused_step")
+BAG_OPS = ("bag_forward", "bag_forward_int8", "bag_backward", "fused_step")
 
 
 def test_bag_ops_run_on_bag_workloads_with_checked_peers():
