@@ -27,7 +27,7 @@ def pytest_generate_tests(metafunc):
     params = []
     for wl in workloads:
         for op in registry.all_ops().values():
-            if not op.applies_to(wl):
+            if not op.default or not op.applies_to(wl):
                 continue
             for impl in op.impls():
                 if impl.package not in LIBRARIES:

@@ -24,7 +24,7 @@ finally:
     if _choose_wait_policy:
         del _os.environ["OMP_WAIT_POLICY"]
 from fastembed._threads import get_num_threads, set_num_threads
-from fastembed.bags import EmbeddingBag, embedding_bag, embedding_bag_backward
+from fastembed.bags import EmbeddingBag, embedding_bag, embedding_bag_backward, per_sample_weights_grad
 from fastembed.gradcheck import GradcheckReport, gradcheck
 from fastembed.layers import Embedding
 from fastembed import lowp
@@ -48,6 +48,7 @@ __all__ = [
     "lowp",
     "openmp_enabled",
     "optim",
+    "per_sample_weights_grad",
     "renorm_",
     "scatter_add",
     "set_num_threads",

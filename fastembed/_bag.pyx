@@ -303,3 +303,45 @@ def segment_reduce(const real_t[:, ::1] grad, const int64_t[::1] order, const in
         for c in prange(n_chunks, schedule='dynamic', num_threads=n_threads):
             _reduce_range(&seg, &grad[0, 0], co, &values[0, 0], skip,
                           (n_seg * c) // n_chunks, (n_seg * (c + 1)) // n_chunks)
+
+
+# ---- the gradient with respect to per-sample weights -----------------------------------------------------------
+cdef void _bag_dots(const real_t *table, const index_t *ids, int64_t start, int64_t end, int64_t padding,
+                    const real_t *grad, Py_ssize_t dim, real_t *dots) noexcept nogil:
+    cdef int64_t k
+    cdef Py_ssize_t j
+    cdef const real_t *src
+    cdef real_t acc
+    for k in range(start, end):
+        if ids[k] == padding:
+            dots[k] = 0
+            continue
+        src = table + ids[k] * dim
+        acc = 0
+        for j in range(dim):
+            acc = acc + grad[j] * src[j]
+        dots[k] = acc
+
+
+def position_dots(const real_t[:, ::1] table, const index_t[::1] ids, const int64_t[::1] offsets,
+                  const real_t[:, ::1] grad, int64_t padding, real_t[::1] dots, int n_threads):
+    """``dots[k] = grad[b] . table[ids[k]]`` for each position k of bag b (0 where ``ids[k] == padding``):
+    the derivative of a sum bag's output, dotted with its gradient, with respect to the k-th weight.
+
+    table: (V, D); ids: (N,) in ``[0, V)``; offsets: (B + 1,) from 0 to N; grad: (B, D); dots: (N,). Each
+    dot is summed in column order: the same bits for any thread count.
+    """
+    cdef Py_ssize_t n_bags = offsets.shape[0] - 1, dim = table.shape[1], n_ids = ids.shape[0], b
+    if n_ids == 0:
+        return
+    if dim == 0:
+        dots[:] = 0
+        return
+    if n_threads <= 1 or n_ids * dim * sizeof(real_t) < PARALLEL_MIN_BYTES:
+        with nogil:
+            for b in range(n_bags):
+                _bag_dots(&table[0, 0], &ids[0], offsets[b], offsets[b + 1], padding, &grad[b, 0], dim, &dots[0])
+        return
+    with nogil:
+        for b in prange(n_bags, schedule='guided', num_threads=n_threads):
+            _bag_dots(&table[0, 0], &ids[0], offsets[b], offsets[b + 1], padding, &grad[b, 0], dim, &dots[0])

@@ -3,15 +3,28 @@
 A bag is a group of ids whose rows are pooled into one vector (PyTorch ``EmbeddingBag``, TensorFlow
 ``embedding_lookup_sparse``, FBGEMM's table-batched embeddings). Bags are given as a flat id array with CSR
 ``offsets`` (PyTorch's convention) or as a 2-D id array of fixed-length bags, one bag per row.
+
+Bounding the norm of the rows a bag reads, two ways side by side (as for ``Embedding``):
+
+- in place, PyTorch's ``max_norm``: ``max_norm_mode="inplace"`` rescales every looked-up table row whose
+  norm exceeds max_norm (``renorm_``), then pools the table as it now is; the gradient is that of a plain bag.
+- on the output, free of side effects: ``max_norm_mode="output"`` pools clipped copies of the rows and leaves
+  the table as it is; ``embedding_bag_backward(..., max_norm=..., table=table)`` is the exact derivative.
+
+Low-precision tables (``fastembed.lowp``: float16, bfloat16, int8 row-wise) are pooled straight into float32.
 """
 import numpy as np
 
-from fastembed import _bag
-from fastembed._options import check_padding_idx
-from fastembed._plan import NO_ARGPOS, bag_plan
+from fastembed import _bag, _rowscale, lowp
+from fastembed._interop import from_dlpack
+from fastembed._options import check_max_norm, check_max_norm_mode, check_norm_type, check_padding_idx
+from fastembed._plan import NO_ARGPOS, GradPlan, bag_plan
 from fastembed._threads import resolve_threads
 from fastembed._validation import FLOAT_DTYPES, as_float, as_ids, as_table, check_positive_int, check_rows
 from fastembed.layers import Embedding
+from fastembed.ops import _grouped, gather
+from fastembed.renorm import renorm_
+from fastembed.sparse import SparseGrad
 
 MODES = ("sum", "mean", "max", "sqrtn")
 _MODE_CODES = {"sum": 0, "mean": 1, "sqrtn": 2, "max": 3}
@@ -137,6 +150,7 @@ def _check_empty_policy(empty):
 
 
 def _pool(table, bags, empty):
+    """Pool ``bags`` (validated) from a float table, or a low-precision one into float32."""
     if empty == "raise":
         empty_bags = bags.empty_bags()
         if empty_bags.size:
@@ -144,17 +158,74 @@ def _pool(table, bags, empty):
             raise ValueError(f"bag {b} (ids[{bags.offsets[b]}:{bags.offsets[b + 1]}]) has no id to pool "
                              f"and empty='raise'" + (f" ({empty_bags.size} empty bags in all)"
                                                      if empty_bags.size > 1 else ""))
+    reader = lowp.reader(table)
+    if reader is not None:
+        out = np.empty((bags.n_bags, reader.shape[1]), dtype=np.float32)
+        reader.pool(bags.ids, bags.offsets, bags.weights_as(np.float32), bags.mode_code, bags.padding, out,
+                    bags.threads)
+        return out
     out = np.empty((bags.n_bags, table.shape[1]), dtype=table.dtype)
     _bag.bag_forward(table, bags.ids, bags.offsets, bags.weights_as(table.dtype), bags.mode_code, bags.padding,
                      out, NO_ARGPOS, bags.threads)
     return out
 
 
+def _max_norm_options(max_norm, norm_type, max_norm_mode):
+    """``(max_norm, norm_type, mode)`` checked, or None when max_norm is None."""
+    mode = check_max_norm_mode(max_norm_mode)
+    norm_type = check_norm_type(norm_type)
+    if max_norm is None:
+        return None
+    return check_max_norm(max_norm), norm_type, mode
+
+
+def _compact_rows(table, bags, max_norm=None, norm_type=2.0):
+    """The distinct rows the bags read, as a (U, D) float table, and the bags renumbered into it.
+
+    Returns ``(rows, compact, compact_bags)``: ``compact[u] = table[rows[u]]`` (read into float32 from a
+    low-precision table; clipped to ``max_norm`` when given), ``rows`` (U,) sorted unique ids. Each distinct
+    row is read (and clipped) once, whatever its count.
+    """
+    rows, order, seg_ptr = _grouped(bags.ids, bags.num_rows, bags.threads, False)
+    local = np.empty(bags.ids.shape[0], np.int64)
+    local[order] = np.repeat(np.arange(rows.shape[0], dtype=np.int64), np.diff(seg_ptr))
+    compact = gather(table, rows, n_threads=bags.threads, max_norm=max_norm, norm_type=norm_type)
+    padding = -1
+    if bags.padding >= 0:
+        at = int(np.searchsorted(rows, bags.padding))
+        padding = at if at < rows.shape[0] and rows[at] == bags.padding else -1
+    # At least one row: a row count must be positive, even for a batch without ids.
+    compact_bags = Bags(local, bags.offsets, bags.weights, bags.mode, padding, bags.shape, max(rows.shape[0], 1),
+                        bags.threads)
+    return rows, compact, compact_bags
+
+
+def _clipped_grad(table, bags, grad, max_norm, norm_type, scale_grad_by_freq):
+    """The table's ``SparseGrad`` through bags of rows clipped to ``max_norm`` (``max_norm_mode="output"``):
+    the bag gradient of the clipped rows, then the clip's exact derivative row by row."""
+    rows, compact, compact_bags = _compact_rows(table, bags, max_norm, norm_type)
+    local = bag_plan(compact_bags, grad, table.dtype, scale_grad_by_freq, compact).sparse_grad()
+    kept = rows[local.rows]
+    values = np.ascontiguousarray(local.values)
+    _rowscale.clip_rows_backward(table, kept, values, max_norm, norm_type, bags.threads)
+    return SparseGrad(kept, values, bags.num_rows)
+
+
+def _table_and_reader(table):
+    """``(table, reader)``: a low-precision table with its ``lowp.Reader``, or a float ndarray and None."""
+    table = from_dlpack(table, "table")
+    reader = lowp.reader(table)
+    return (table, reader) if reader is not None else (as_table(table), None)
+
+
 def embedding_bag(table, ids, offsets=None, mode="sum", per_sample_weights=None, padding_idx=None,
-                  include_last_offset=False, empty="zeros", n_threads=None):
+                  include_last_offset=False, empty="zeros", n_threads=None, max_norm=None, norm_type=2.0,
+                  max_norm_mode="output"):
     """Pool the rows of each bag: ``out[b] = pool(table[ids in bag b])``.
 
-    table: (V, D) float32/float64. ids: (N,) int with ``offsets``, or (B, L) for B bags of L ids each.
+    table: (V, D) float32/float64, or a low-precision table (float16 array, bfloat16 ``lowp.BFloat16Table``
+    or ``ml_dtypes.bfloat16`` array, int8 ``lowp.QuantizedTable``): each row read into float32, the bag
+    accumulated in float32, a float32 output. ids: (N,) int with ``offsets``, or (B, L) for B bags of L ids each.
     offsets: (B,) bag starts (PyTorch's convention: ``offsets[0] == 0``, non-decreasing, the last bag runs to
     N), or (B + 1,) ending with N when ``include_last_offset``. Any integer dtype.
     mode: ``"sum"``; ``"mean"`` (the sum divided by the bag's size, or by the sum of its weights);
@@ -162,19 +233,36 @@ def embedding_bag(table, ids, offsets=None, mode="sum", per_sample_weights=None,
     (column-wise maximum). per_sample_weights: float, ids' shape, multiplies each row (not with max).
     padding_idx: ids equal to it are skipped and not counted. empty: ``"zeros"`` (a bag with no id, or only
     padding, or weights summing to 0 under mean/sqrtn, gives zeros) or ``"raise"`` (``ValueError`` naming the
-    first bag with no id). Returns (B, D), the table's dtype. Each bag is summed in position order by one
-    thread: the same bits for any thread count.
+    first bag with no id). max_norm / norm_type: bound the norm_type-norm of every row read by max_norm
+    (a longer row is scaled by ``max_norm / (norm + 1e-7)``, PyTorch's rule) before pooling; max_norm_mode:
+    ``"output"`` (the default here, as in ``gather``: clipped copies are pooled, the table is not touched) or
+    ``"inplace"`` (PyTorch's ``F.embedding_bag(max_norm=...)``: the looked-up rows of the table itself are
+    rescaled first, padding included; needs a writeable float table). Returns (B, D), the table's dtype
+    (float32 for low precision). Each bag is summed in position order by one thread: the same bits for any
+    thread count.
     """
-    table = as_table(table)
+    given = table
+    table, reader = _table_and_reader(table)
     _check_empty_policy(empty)
-    bags = prepare_bags(ids, offsets, per_sample_weights, mode, padding_idx, include_last_offset, table.shape[0],
-                        table.shape[1], table.itemsize, n_threads)
-    return _pool(np.ascontiguousarray(table), bags, empty)
+    clip = _max_norm_options(max_norm, norm_type, max_norm_mode)
+    if clip is not None and clip[2] == "inplace" and reader is not None:
+        raise ValueError(f"max_norm_mode='inplace' rewrites table rows, which a {lowp.storage_of(table)} table "
+                         f"cannot hold exactly: use max_norm_mode='output'")
+    n_rows, dim = table.shape if reader is None else reader.shape
+    bags = prepare_bags(ids, offsets, per_sample_weights, mode, padding_idx, include_last_offset, n_rows, dim,
+                        4 if reader is not None else table.itemsize, n_threads)
+    if clip is not None and clip[2] == "output":
+        _, compact, compact_bags = _compact_rows(table, bags, clip[0], clip[1])
+        return _pool(compact, compact_bags, empty)
+    if clip is not None:
+        # The table as given: a list would be converted to a temporary, and the rescaling silently lost.
+        renorm_(given, bags.ids, clip[0], clip[1], n_threads=bags.threads)
+    return _pool(table if reader is not None else np.ascontiguousarray(table), bags, empty)
 
 
 def embedding_bag_backward(ids, grad_out, offsets=None, mode="sum", per_sample_weights=None, padding_idx=None,
                            include_last_offset=False, scale_grad_by_freq=False, num_rows=None, table=None,
-                           n_threads=None):
+                           n_threads=None, max_norm=None, norm_type=2.0):
     """Gradient of ``embedding_bag`` with respect to the table, as a ``SparseGrad``.
 
     ids, offsets, mode, per_sample_weights, padding_idx, include_last_offset: as given to the forward pass.
@@ -184,6 +272,10 @@ def embedding_bag_backward(ids, grad_out, offsets=None, mode="sum", per_sample_w
     times its id occurs in the whole batch (PyTorch's ``nn.Embedding`` rule). Rows are the sorted unique ids
     but ``padding_idx``; values have grad_out's dtype (the table's when given). Memory O(N + B * D), never
     O(V); the same bits for any thread count.
+    max_norm / norm_type: the gradient of ``embedding_bag(..., max_norm=..., max_norm_mode="output")``, the
+    exact derivative of the clipped rows; needs ``table``. (After ``max_norm_mode="inplace"`` the forward
+    pass read the rescaled table as it is: its gradient is the plain one, without max_norm.) The gradient of
+    ``per_sample_weights`` is ``per_sample_weights_grad``.
     """
     if table is not None:
         table = np.ascontiguousarray(as_table(table))
@@ -192,9 +284,80 @@ def embedding_bag_backward(ids, grad_out, offsets=None, mode="sum", per_sample_w
         num_rows = check_positive_int(num_rows, "num_rows")
     grad = as_float(grad_out, "grad_out", dtype=None if table is None else table.dtype)
     dim = grad.shape[-1] if grad.ndim else 0
+    clip = _max_norm_options(max_norm, norm_type, "output")
+    if clip is not None and table is None:
+        raise ValueError("max_norm needs the table the rows were read from: pass table=")
     bags = prepare_bags(ids, offsets, per_sample_weights, mode, padding_idx, include_last_offset, num_rows, dim,
                         grad.itemsize, n_threads)
+    if clip is not None:
+        return _clipped_grad(table, bags, grad, clip[0], clip[1], scale_grad_by_freq)
     return bag_plan(bags, grad, grad.dtype, scale_grad_by_freq, table).sparse_grad()
+
+
+def per_sample_weights_grad(table, ids, grad_out, offsets=None, mode="sum", per_sample_weights=None,
+                            padding_idx=None, include_last_offset=False, max_norm=None, norm_type=2.0,
+                            n_threads=None):
+    """Gradient of ``embedding_bag`` with respect to its ``per_sample_weights``: ``d loss / d w_k``.
+
+    table: the (V, D) table the forward pass read (float, or low precision read as float32); ids, offsets,
+    mode, per_sample_weights, padding_idx, include_last_offset: as given to it; grad_out: (B, D), the gradient
+    of its output. For position k of bag b, with ``x_k = table[ids[k]]`` and ``g = grad_out[b]``:
+
+    - ``"sum"``: ``g . x_k`` (PyTorch's ``per_sample_weights`` gradient; the weights themselves may be None);
+    - ``"mean"``: ``(g . x_k - g . out[b]) / sum(w)``;
+    - ``"sqrtn"``: ``(g . x_k - (g . out[b]) * w_k / r) / r`` with ``r = sqrt(sum(w^2))``.
+
+    Positions holding ``padding_idx``, and bags whose weights sum to 0 (their output is defined as 0), get 0.
+    max_norm / norm_type: the forward pass clipped its rows with ``max_norm_mode="output"`` (x_k is then the
+    clipped row). Returns an array of the ids' shape, grad_out's dtype (the table's; float32 for low
+    precision). Each dot is summed in a fixed order: the same bits for any thread count.
+    """
+    table, reader = _table_and_reader(table)
+    mode = check_mode(mode)
+    if mode == "max":
+        raise ValueError("mode='max' takes no per_sample_weights, so it has no gradient for them")
+    if mode != "sum" and per_sample_weights is None:
+        raise ValueError(f"the gradient of mode={mode!r} depends on the weights: pass per_sample_weights")
+    clip = _max_norm_options(max_norm, norm_type, "output")
+    n_rows, dim = table.shape if reader is None else reader.shape
+    dtype = np.dtype(np.float32) if reader is not None else table.dtype
+    grad = np.ascontiguousarray(as_float(grad_out, "grad_out", dtype=dtype))
+    bags = prepare_bags(ids, offsets, per_sample_weights, mode, padding_idx, include_last_offset, n_rows, dim,
+                        dtype.itemsize, n_threads)
+    if grad.shape != (bags.n_bags, dim):
+        raise ValueError(f"grad_out must have shape (number of bags, D) = ({bags.n_bags}, {dim}), got {grad.shape}")
+    read_bags = bags
+    if reader is not None or clip is not None:
+        _, read_table, read_bags = _compact_rows(table, bags, *(clip[:2] if clip else (None, 2.0)))
+    else:
+        read_table = np.ascontiguousarray(table)
+    dots = np.empty(bags.ids.shape[0], dtype)
+    _bag.position_dots(read_table, read_bags.ids, bags.offsets, grad, read_bags.padding, dots, bags.threads)
+    return _weights_grad_from_dots(bags, dots).reshape(bags.shape)
+
+
+def _weights_grad_from_dots(bags, dots):
+    """Each weight's derivative from ``dots[k] = g_b . x_k``: the sum's as it is, mean's and sqrtn's with the
+    derivative of their denominator (per-bag sums in float64, in numpy: O(N))."""
+    if bags.mode == "sum":
+        return dots
+    n_bags = bags.n_bags
+    bag_of = np.repeat(np.arange(n_bags), np.diff(bags.offsets))
+    live = bags.ids != bags.padding if bags.padding >= 0 else np.ones(bags.ids.shape[0], bool)
+    weights = np.where(live, bags.weights.astype(np.float64), 0.0)
+    d = dots.astype(np.float64)
+    if bags.mode == "mean":
+        denom = np.bincount(bag_of, weights, minlength=n_bags)
+    else:
+        denom = np.sqrt(np.bincount(bag_of, weights * weights, minlength=n_bags))
+    safe = np.where(denom == 0, 1.0, denom)
+    g_dot_out = np.bincount(bag_of, weights * d, minlength=n_bags) / safe
+    if bags.mode == "mean":
+        result = (d - g_dot_out[bag_of]) / safe[bag_of]
+    else:
+        result = (d - g_dot_out[bag_of] * weights / safe[bag_of]) / safe[bag_of]
+    result[~live | (denom[bag_of] == 0)] = 0.0
+    return result.astype(dots.dtype)
 
 
 class EmbeddingBag(Embedding):
@@ -211,39 +374,57 @@ class EmbeddingBag(Embedding):
         scale_grad_by_freq: divide each id's gradient by its count in the batch.
         include_last_offset: offsets have B + 1 entries, the last equal to the number of ids.
         empty: ``"zeros"`` or ``"raise"`` for bags with no id (see ``embedding_bag``).
+        max_norm, norm_type, max_norm_mode: as for ``Embedding``: ``"inplace"`` (PyTorch's behaviour, the
+            default: each call rescales the looked-up table rows, then pools them) or ``"output"`` (the table is
+            left as it is, the pooled rows are clipped copies, and ``backward`` is the clip's exact derivative).
+        storage: None, or ``"float16"``, ``"bfloat16"``, ``"int8"`` for a low-precision inference table
+            (``trainable=False``), pooled into float32 (see ``Embedding``).
         embeddings_initializer, trainable, weights, dtype, seed, name: as for ``Embedding``.
+
+    ``backward`` with ``per_sample_weights`` also leaves their gradient in ``per_sample_weights_grad``.
     """
 
     def __init__(self, num_embeddings, embedding_dim, mode="mean", padding_idx=None, scale_grad_by_freq=False,
                  include_last_offset=False, empty="zeros", embeddings_initializer="uniform", trainable=True,
-                 weights=None, dtype="float32", seed=None, name=None):
+                 weights=None, dtype="float32", seed=None, name=None, max_norm=None, norm_type=2.0,
+                 max_norm_mode="inplace", storage=None):
         super().__init__(num_embeddings, embedding_dim, embeddings_initializer=embeddings_initializer,
                          trainable=trainable, weights=weights, dtype=dtype, seed=seed, name=name or "embedding_bag",
-                         padding_idx=padding_idx, scale_grad_by_freq=scale_grad_by_freq)
+                         padding_idx=padding_idx, scale_grad_by_freq=scale_grad_by_freq, max_norm=max_norm,
+                         norm_type=norm_type, max_norm_mode=max_norm_mode, storage=storage)
         self.mode = check_mode(mode)
         self.include_last_offset = bool(include_last_offset)
         _check_empty_policy(empty)
         self.empty = empty
+        self.per_sample_weights_grad = None
 
     def get_config(self):
         """The constructor arguments that rebuild this layer, weights and initializer aside (a JSON-able dict)."""
         return {"num_embeddings": self.input_dim, "embedding_dim": self.output_dim, "mode": self.mode,
                 "padding_idx": self.padding_idx, "scale_grad_by_freq": self.scale_grad_by_freq,
                 "include_last_offset": self.include_last_offset, "empty": self.empty,
-                "trainable": self.trainable, "dtype": self.dtype.name, "name": self.name}
+                "trainable": self.trainable, "dtype": self.dtype.name, "name": self.name,
+                "max_norm": self.max_norm, "norm_type": self.norm_type, "max_norm_mode": self.max_norm_mode,
+                "storage": self.storage if self.storage in lowp.STORAGES else None}
 
     @staticmethod
     def _table_shape(config):
         return config.get("num_embeddings"), config.get("embedding_dim")
 
     @classmethod
-    def from_pretrained(cls, matrix, trainable=False, **kwargs):
-        """A bag layer whose table is (a copy of) ``matrix`` (V, D), frozen unless ``trainable=True``."""
-        matrix = np.asarray(matrix)
-        if matrix.ndim != 2:
+    def from_pretrained(cls, matrix, trainable=False, storage=None, **kwargs):
+        """A bag layer whose table is (a copy of) ``matrix`` (V, D), frozen unless ``trainable=True``.
+
+        matrix: a float matrix or a low-precision table (``lowp``); storage: as in the constructor.
+        """
+        if lowp.storage_of(matrix) is None:
+            matrix = np.asarray(matrix)
+        if len(matrix.shape) != 2:
             raise ValueError(f"a pre-trained matrix must be 2-D (V, D), got shape {matrix.shape}")
-        kwargs.setdefault("dtype", matrix.dtype if matrix.dtype in FLOAT_DTYPES else "float32")
-        return cls(matrix.shape[0], matrix.shape[1], weights=matrix, trainable=trainable, **kwargs)
+        dtype = matrix.dtype if isinstance(matrix, np.ndarray) else None
+        kwargs.setdefault("dtype", dtype if dtype is not None and dtype in FLOAT_DTYPES else "float32")
+        return cls(matrix.shape[0], matrix.shape[1], weights=matrix, trainable=trainable, storage=storage,
+                   **kwargs)
 
     @property
     def num_embeddings(self):
@@ -258,20 +439,59 @@ class EmbeddingBag(Embedding):
                             self.input_dim, self.output_dim, self.dtype.itemsize, n_threads)
 
     def __call__(self, ids, offsets=None, per_sample_weights=None, n_threads=None):
-        """Pool the bags → (B, embedding_dim), the layer's dtype. ids/offsets as in ``embedding_bag``."""
-        return _pool(self.embeddings, self._bags(ids, offsets, per_sample_weights, n_threads), self.empty)
+        """Pool the bags → (B, embedding_dim), the layer's dtype. ids/offsets as in ``embedding_bag``.
+
+        With ``max_norm`` in "inplace" mode the looked-up rows of the table are rescaled first."""
+        bags = self._bags(ids, offsets, per_sample_weights, n_threads)
+        if self.max_norm is not None and self.max_norm_mode == "output":
+            _, compact, compact_bags = _compact_rows(self.embeddings, bags, self.max_norm, self.norm_type)
+            return _pool(compact, compact_bags, self.empty)
+        if self.max_norm is not None:
+            renorm_(self.embeddings, bags.ids, self.max_norm, self.norm_type, n_threads=bags.threads)
+        return _pool(self.embeddings, bags, self.empty)
+
+    def _clipped(self):
+        return self.max_norm is not None and self.max_norm_mode == "output"
+
+    def _sparse_grad(self, bags, grad_out):
+        if self._clipped():
+            grad = as_float(grad_out, "grad_out", dtype=self.dtype)
+            return _clipped_grad(self.embeddings, bags, grad, self.max_norm, self.norm_type, self.scale_grad_by_freq)
+        return bag_plan(bags, grad_out, self.dtype, self.scale_grad_by_freq, self.embeddings).sparse_grad()
 
     def _grad_plan(self, ids, offsets, grad_out, per_sample_weights=None, n_threads=None):
-        """The grouped gradient of one call (see ``fastembed._plan``); used by ``backward`` and the fused
-        optimizers. In max mode the arg-max is recomputed from the current table."""
+        """The grouped gradient of one call (see ``fastembed._plan``); used by the fused optimizers. In max
+        mode the arg-max is recomputed from the current table."""
+        self._check_trainable_storage()
         bags = self._bags(ids, offsets, per_sample_weights, n_threads)
+        if self._clipped():
+            # The clip's derivative applies to each row's summed gradient: reduce first, then one term per row.
+            grad = self._sparse_grad(bags, grad_out)
+            n = grad.rows.shape[0]
+            return GradPlan(grad.rows, np.arange(n, dtype=np.int64), np.arange(n + 1, dtype=np.int64),
+                            grad.values, self.input_dim, bags.threads)
         return bag_plan(bags, grad_out, self.dtype, self.scale_grad_by_freq, self.embeddings)
+
+    def _check_trainable_storage(self):
+        if self.storage in lowp.STORAGES:
+            raise ValueError(f"a {self.storage} table is for inference: backward needs float32 or float64 storage")
 
     def backward(self, ids, offsets, grad_out, per_sample_weights=None, n_threads=None):
         """Gradient of the table for one call's ``grad_out`` (B, embedding_dim), with the call's ids, offsets
         and weights. Returns the call's ``SparseGrad`` and, when trainable, adds it to ``self.grad``. Max mode
-        finds each arg-max again from the table, which must be the one the forward pass read."""
-        grad = self._grad_plan(ids, offsets, grad_out, per_sample_weights, n_threads).sparse_grad()
+        finds each arg-max again from the table, which must be the one the forward pass read.
+
+        With ``per_sample_weights``, their gradient (ids' shape, see ``per_sample_weights_grad``) is left in
+        ``self.per_sample_weights_grad``; without, that is None."""
+        self._check_trainable_storage()
+        bags = self._bags(ids, offsets, per_sample_weights, n_threads)
+        grad = self._sparse_grad(bags, grad_out)
+        self.per_sample_weights_grad = None
+        if per_sample_weights is not None:
+            clip = {"max_norm": self.max_norm, "norm_type": self.norm_type} if self._clipped() else {}
+            self.per_sample_weights_grad = per_sample_weights_grad(
+                self.embeddings, ids, grad_out, offsets, self.mode, per_sample_weights, self.padding_idx,
+                self.include_last_offset, n_threads=n_threads, **clip)
         if self.trainable:
             self.grad = grad if self.grad is None else self.grad + grad
         return grad
@@ -286,6 +506,10 @@ class EmbeddingBag(Embedding):
             flags.append("include_last_offset=True")
         if self.empty != "zeros":
             flags.append(f"empty={self.empty!r}")
+        if self.max_norm is not None:
+            flags.append(f"max_norm={self.max_norm}, norm_type={self.norm_type}, max_norm_mode={self.max_norm_mode!r}")
+        if self.storage in lowp.STORAGES:
+            flags.append(f"storage={self.storage!r}")
         if not self.trainable:
             flags.append("trainable=False")
         return (f"EmbeddingBag(name={self.name!r}, num_embeddings={self.input_dim}, "

@@ -1,6 +1,7 @@
 """Low-precision tables for inference: float16, bfloat16 and 8-bit row-wise quantized.
 
-``fastembed.gather`` reads each of them straight into a float32 output:
+``fastembed.gather`` reads each of them straight into a float32 output, and ``fastembed.embedding_bag``
+pools bags of their rows into float32 (each row converted as it is read, the sums accumulated in float32):
 
 - float16: a numpy ``float16`` (V, D) array.
 - bfloat16: a ``BFloat16Table`` (the bits as uint16), or an ``ml_dtypes.bfloat16`` array when the optional
@@ -208,16 +209,37 @@ def decode(table):
 
 
 class Reader:
-    """What ``gather`` needs from a low-precision table: its shape and a kernel filling float32 rows."""
+    """What ``gather`` and ``embedding_bag`` need from a low-precision table: its shape, a kernel filling
+    float32 rows and one pooling bags of rows into float32."""
 
-    __slots__ = ("shape", "_read")
+    __slots__ = ("shape", "_read", "_storage", "_raw", "_scale_bias")
 
-    def __init__(self, shape, read):
+    def __init__(self, shape, read, storage, raw, scale_bias):
         self.shape, self._read = shape, read
+        self._storage, self._raw, self._scale_bias = storage, raw, scale_bias
 
     def read(self, flat_ids, out2d, n_threads):
         """``out2d[i] = float32(table[flat_ids[i]])``; flat_ids validated, out2d (N, D) float32 C-contiguous."""
         self._read(flat_ids, out2d, n_threads)
+
+    def pool(self, ids, offsets, weights, mode_code, padding, out2d, n_threads):
+        """``out2d[b] = pool(float32(table[ids[offsets[b]:offsets[b + 1]]]))``, accumulated in float32.
+
+        ids (N,) validated; offsets (B + 1,) int64; weights (N,) float32 or empty; mode_code and padding as
+        in ``fastembed.bags``; out2d (B, D) float32 C-contiguous.
+        """
+        _lowp.bag_forward_lowp(self._storage, self._raw, self._scale_bias, ids, offsets, weights, mode_code,
+                               padding, out2d, n_threads)
+
+
+# The storage codes of the kernels in _lowp.pyx.
+_STORAGE_CODES = {"float16": 0, "bfloat16": 1, "int8": 2}
+_NO_SCALE_BIAS = np.empty((0, 2), np.float32)
+
+
+def _raw_bytes(matrix):
+    """A C-contiguous (V, D) matrix of 1- or 2-byte entries as its (V, D * itemsize) bytes."""
+    return matrix.view(np.uint8).reshape(matrix.shape[0], -1)
 
 
 def reader(table):
@@ -226,13 +248,16 @@ def reader(table):
     storage = storage_of(table)
     if storage == "int8":
         return Reader(table.shape, lambda ids, out, t: _lowp.gather_rows_int8(table.codes, table.scale_bias,
-                                                                               ids, out, t))
+                                                                               ids, out, t),
+                      _STORAGE_CODES[storage], table.codes, table.scale_bias)
     if storage == "bfloat16":
         bits = table.bits if isinstance(table, BFloat16Table) else _matrix_bits(table)
-        return Reader(bits.shape, lambda ids, out, t: _lowp.gather_rows_bf16(bits, ids, out, t))
+        return Reader(bits.shape, lambda ids, out, t: _lowp.gather_rows_bf16(bits, ids, out, t),
+                      _STORAGE_CODES[storage], _raw_bytes(bits), _NO_SCALE_BIAS)
     if storage == "float16":
         bits = _matrix_bits(table)
-        return Reader(bits.shape, lambda ids, out, t: _lowp.gather_rows_f16(bits, ids, out, t))
+        return Reader(bits.shape, lambda ids, out, t: _lowp.gather_rows_f16(bits, ids, out, t),
+                      _STORAGE_CODES[storage], _raw_bytes(bits), _NO_SCALE_BIAS)
     if isinstance(table, np.ndarray) and table.dtype not in FLOAT_DTYPES:
         raise TypeError(f"table must be float32, float64, float16 or bfloat16 (or a QuantizedTable), "
                         f"got dtype {table.dtype}")

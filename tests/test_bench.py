@@ -149,3 +149,60 @@ def test_command_line(tmp_path, capsys):
         assert plot.stat().st_size > 10_000
     assert main(["--workloads", "nope", "--in-process"]) == 2
     assert "unknown workload" in capsys.readouterr().err
+
+
+BAG_OPS = ("bag_forward", "bag_forward_int8", "bag_backward", "fused_step")
+
+
+def test_bag_ops_run_on_bag_workloads_with_checked_peers():
+    pytest.importorskip("torch")
+    results = bench.run(ops=list(BAG_OPS) + ["gather"], workloads=["bags1_39", "tiny"], threads=[1], scale=1 / 1024,
+                        **dict(TINY, libraries=["numpy", "torch"]))
+    cells = {(c["op"], c["workload"]) for c in results["results"]}
+    # Bag ops run on bag workloads only, lookup ops on the others (every bag op's peers pass their checks on
+    # the full-size workloads too: that is what a runner run checks before timing).
+    assert cells == {(op, "bags1_39") for op in BAG_OPS} | {("gather", "tiny")}
+    assert results["workloads"]["bags1_39"]["n_bags"] == 16
+    for cell in results["results"]:
+        statuses = {i["name"]: i["status"] for i in cell["impls"]}
+        assert "wrong" not in statuses.values() and "error" not in statuses.values(), cell
+        if cell["op"] != "gather":
+            assert any(i["package"] == "torch" and i["status"] == "ok" for i in cell["impls"]), cell["op"]
+
+
+def test_bag_checks_catch_wrong_pooling_and_wrong_updates():
+    pytest.importorskip("torch")
+    from fastembed.bench.ops import bags as bag_ops
+
+    wl = bench.build_workload("bags20", scale=1 / 1024)
+    forward = registry.get_op("bag_forward")
+    expected = forward.fastembed.build(wl, 1).run_once()
+    mean = registry.get_op("bag_forward_mean").fastembed.build(wl, 1).run_once()
+    assert forward.check(expected, expected, wl) is None
+    assert "differs" in forward.check(expected, mean, wl)
+    backward = registry.get_op("bag_backward")
+    grad = backward.fastembed.build(wl, 1).run_once()
+    assert backward.check(grad, grad, wl) is None
+    once_per_row = bench.Sparse(grad.rows, grad.values / 2)
+    assert "differs" in backward.check(grad, once_per_row, wl)
+    step = registry.get_op("fused_step")
+    stepped = step.fastembed.build(wl, 1).run_once()
+    assert step.check(stepped, stepped, wl) is None
+    # Row-wise Adagrad's table checked as the element-wise rule, and SGD's as row-wise Adagrad: both caught.
+    assert "differs" in step.check(stepped, bag_ops.Stepped("adagrad", stepped.after), wl)
+    sgd = registry.get_op("fused_step_sgd").fastembed.build(wl, 1).run_once()
+    assert "differs" in step.check(stepped, bag_ops.Stepped("rowwise_adagrad", sgd.after), wl)
+    touched = stepped.after.copy()
+    touched[np.setdiff1d(np.arange(wl.rows), grad.rows)[0]] += 1.0
+    assert "no id" in step.check(stepped, bag_ops.Stepped("rowwise_adagrad", touched), wl)
+
+
+def test_default_ops_and_workloads_leave_out_the_opt_in_ones():
+    from fastembed.bench.runner import Config
+
+    default = Config.make().ops
+    assert "bag_forward" in default and "fused_step" in default and "fused_step_sgd" not in default
+    assert Config.make(ops=["fused_step_sgd"]).ops == ["fused_step_sgd"]
+    assert not registry.get_op("fused_step").applies_to("rand") and registry.get_op("gather").applies_to("rand")
+    assert "bags1_39" in Config.make().workloads and "bags1_39" not in Config.make(quick=True).workloads
+    assert Config.make(quick=True, workloads=["bags1_39"]).workloads == ["bags1_39"]

@@ -23,13 +23,15 @@ def parse_args(argv):
         prog="python -m fastembed.bench",
         description="Time fastembed's kernels and every installed peer, interleaved in one process per thread "
                     "count, after checking each peer's result against fastembed's.",
-        epilog="ops: " + ", ".join(ops) + ". workloads: " + "; ".join(
+        epilog="ops: " + ", ".join(name + ("" if op.default else " [opt-in]") for name, op in ops.items())
+               + ". workloads: " + "; ".join(
             f"{s.name} ({s.description})" + ("" if s.default else " [opt-in]") for s in WORKLOADS.values()),
     )
     parser.add_argument("--quick", action="store_true",
                         help="under a minute on 2 cores: 3 rounds, V and N of the large workloads / 16, "
-                             "smaller time budgets for slow peers")
-    parser.add_argument("--ops", type=_list, default=None, help="comma-separated ops (default: all)")
+                             "smaller time budgets for slow peers, one bag workload (bags20)")
+    parser.add_argument("--ops", type=_list, default=None,
+                        help="comma-separated ops (default: all but the opt-in ones)")
     parser.add_argument("--workloads", type=_list, default=None,
                         help=f"comma-separated workloads (default: {','.join(DEFAULT_WORKLOADS)})")
     parser.add_argument("--threads", type=_threads, default=None,

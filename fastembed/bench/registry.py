@@ -4,7 +4,8 @@ An op module in ``fastembed/bench/ops/`` calls ``register(Op(...))`` at import; 
 imported by ``all_ops()``, so a new family is a new file and nothing else changes. An ``Op`` names:
 
 - ``fastembed``: the ``Impl`` being measured, and ``peers``: the ``Impl`` s it is compared with;
-- ``workloads``: the workload names it applies to (``None``: all); ``order``: its place in tables;
+- ``workloads``: the workload names it applies to (``None``: all of its ``kind``, "lookup" or "bags");
+  ``order``: its place in tables;
 - ``check(expected, got, workload)``: ``None`` when a peer's result matches fastembed's, else a message.
 
 An ``Impl`` has a ``build(workload, n_threads) -> Case`` that does the untimed set-up (conversions,
@@ -88,9 +89,16 @@ class Op:
     check: Callable[..., Optional[str]]
     workloads: Optional[tuple] = None
     order: int = 100  # where it comes in tables and runs (then by name)
+    kind: str = "lookup"  # the workloads it runs on when ``workloads`` is None: "lookup" or "bags"
+    default: bool = True  # part of a run that names no ops (False: only with --ops NAME)
 
     def applies_to(self, workload_name):
-        return self.workloads is None or workload_name in self.workloads
+        from fastembed.bench.workloads import WORKLOADS
+
+        if self.workloads is not None:
+            return workload_name in self.workloads
+        spec = WORKLOADS.get(workload_name)
+        return spec is None or spec.kind == self.kind
 
     def impls(self):
         return (self.fastembed,) + tuple(self.peers)

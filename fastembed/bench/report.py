@@ -36,27 +36,34 @@ def _op_titles(results):
 
 
 def summary(results):
-    """A compact table: per (workload, threads), fastembed's median ms and its speedup over the fastest peer."""
+    """A compact table: per (workload, threads), fastembed's median ms and its speedup over the fastest peer.
+
+    Workloads that ran different ops (lookups, bags) get a table each, so that no column is empty."""
     titles = _op_titles(results)
     cells = {(c["op"], c["workload"], c["threads"]): c for c in results["results"]}
     rows = list(dict.fromkeys((c["workload"], c["threads"]) for c in results["results"]))
     order = {wl: i for i, wl in enumerate(dict.fromkeys(wl for wl, _ in rows))}
     rows.sort(key=lambda r: (order[r[0]], r[1]))
-    lines = ["### Summary: fastembed's median ms (its speedup over the fastest peer)", "",
-             "| workload | threads | " + " | ".join(f"{titles[op]}" for op in titles) + " |",
-             "|---|---|" + "---:|" * len(titles)]
+    groups = {}
     for wl, n in rows:
-        row = [wl, str(n)]
-        for op in titles:
-            cell = cells.get((op, wl, n))
-            if cell is None:
-                row.append("")
-            elif cell["fastest_peer"] is None:
-                row.append(_ms(cell["fastembed_ms"]))
-            else:
-                short = next(i["short"] for i in cell["impls"] if i["name"] == cell["fastest_peer"])
-                row.append(f"{_ms(cell['fastembed_ms'])} ({_x(cell['speedup_vs_fastest_peer'])} {short})")
-        lines.append("| " + " | ".join(row) + " |")
+        ops = tuple(op for op in titles if any((op, wl, t) in cells for _, t in rows))
+        groups.setdefault(ops, []).append((wl, n))
+    lines = ["### Summary: fastembed's median ms (its speedup over the fastest peer)"]
+    for ops, group in groups.items():
+        lines += ["", "| workload | threads | " + " | ".join(f"{titles[op]}" for op in ops) + " |",
+                  "|---|---|" + "---:|" * len(ops)]
+        for wl, n in group:
+            row = [wl, str(n)]
+            for op in ops:
+                cell = cells.get((op, wl, n))
+                if cell is None:
+                    row.append("")
+                elif cell["fastest_peer"] is None:
+                    row.append(_ms(cell["fastembed_ms"]))
+                else:
+                    short = next(i["short"] for i in cell["impls"] if i["name"] == cell["fastest_peer"])
+                    row.append(f"{_ms(cell['fastembed_ms'])} ({_x(cell['speedup_vs_fastest_peer'])} {short})")
+            lines.append("| " + " | ".join(row) + " |")
     return lines
 
 

@@ -21,10 +21,11 @@ from typing import List, Optional
 import numpy as np
 
 from fastembed.bench import peers, registry, timing
-from fastembed.bench.workloads import DEFAULT_WORKLOADS, WORKLOADS, build_workload
+from fastembed.bench.workloads import DEFAULT_WORKLOADS, QUICK_WORKLOADS, WORKLOADS, build_workload
 
 SCHEMA_VERSION = 1
-BYTES_FORMULA = "bytes = 2*N*D*itemsize + N*id_itemsize (every looked-up row read and written once, every id read)"
+BYTES_FORMULA = ("bytes = 2*N*D*itemsize + N*id_itemsize (every looked-up row read and written once, every id "
+                 "read); bag workloads: (N + B)*D*itemsize + N*id_itemsize (rows read, bags written, ids read)")
 PROGRESS_PREFIX = "@@fastembed-bench-progress "
 
 
@@ -46,10 +47,11 @@ class Config:
 
     @classmethod
     def make(cls, ops=None, workloads=None, threads=None, rounds=None, quick=False, libraries=None, **extra):
-        op_names = [op if isinstance(op, str) else op.name for op in (ops or list(registry.all_ops()))]
+        default_ops = [name for name, op in registry.all_ops().items() if op.default]
+        op_names = [op if isinstance(op, str) else op.name for op in (ops or default_ops)]
         for name in op_names:
             _resolve_op(name)  # unknown names raise here, before any work
-        workloads = list(workloads or DEFAULT_WORKLOADS)
+        workloads = list(workloads or (QUICK_WORKLOADS if quick else DEFAULT_WORKLOADS))
         for name in workloads:
             if name not in WORKLOADS:
                 raise KeyError(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")

@@ -7,6 +7,10 @@ Ids are int64 and uniform over ``[0, V)`` unless a workload says otherwise. ``zi
 fixed random permutation of the row ids. ``(k - 1) % V`` keeps the rank order (rank 1 is the hottest row)
 and wraps the long tail around the table instead of clipping it onto row ``V - 1``; the permutation scatters
 the hot rows over the table, as real vocabularies do, instead of packing them into its first cache lines.
+
+Bag workloads (``kind="bags"``, for the bag and fused-step ops) hold ``n_bags`` bags of uniform ids, each of
+``bag_lengths`` ids: ``(20, 20)`` fixed or ``(1, 39)`` uniform lengths (20 on average); their ``ids`` are flat
+(N,), ``offsets`` (B + 1,) int64 and ``grad_out`` (B, D).
 """
 import zlib
 from dataclasses import dataclass
@@ -28,6 +32,10 @@ class WorkloadSpec:
     description: str
     large: bool = False  # shrunk by ``scale`` in quick runs and smoke tests
     default: bool = True  # part of a run that names no workloads
+    kind: str = "lookup"  # "lookup" (ids of any shape) or "bags" (CSR bags, for the bag ops)
+    n_bags: int = 0  # bags only: B (shrunk by ``scale`` with V)
+    bag_lengths: tuple = ()  # bags only: (shortest, longest) bag, lengths uniform between them
+    quick: bool = True  # part of a --quick run that names no workloads
 
     @property
     def n_ids(self):
@@ -47,10 +55,17 @@ WORKLOADS = {
         # Opt-in (not in the issue's table): per-call overhead, one id from a small table.
         WorkloadSpec("overhead", 1_000, 64, (1,), "uniform", "1000 x 64 table, 1 id (per-call overhead)",
                      default=False),
+        # The bag ops' workloads: 16,384 bags of uniform ids, N = 327,680 ids (about 20 per bag).
+        WorkloadSpec("bags20", 1_000_000, 64, (), "uniform", "1M x 64 table, 16,384 bags of 20 ids", True,
+                     kind="bags", n_bags=16_384, bag_lengths=(20, 20)),
+        # Left out of --quick runs, which the fixed-length bags already give the bag ops.
+        WorkloadSpec("bags1_39", 1_000_000, 64, (), "uniform", "1M x 64 table, 16,384 bags of 1-39 ids", True,
+                     kind="bags", n_bags=16_384, bag_lengths=(1, 39), quick=False),
     )
 }
 
 DEFAULT_WORKLOADS = [name for name, spec in WORKLOADS.items() if spec.default]
+QUICK_WORKLOADS = [name for name in DEFAULT_WORKLOADS if WORKLOADS[name].quick]
 
 
 def zipf_ids(rng, n, rows, a=ZIPF_A):
@@ -70,10 +85,18 @@ class Workload:
         self.scale = float(scale) if spec.large else 1.0
         self.rows = max(1, int(round(spec.rows * self.scale)))
         self.dim = spec.dim
-        shape = list(spec.ids_shape)
-        shape[0] = max(1, int(round(shape[0] * self.scale)))
-        self.ids_shape = tuple(shape)
         rng = np.random.default_rng(zlib.crc32(spec.name.encode()))
+        self.offsets = None
+        if spec.kind == "bags":
+            n_bags = max(1, int(round(spec.n_bags * self.scale)))
+            low, high = spec.bag_lengths
+            lengths = rng.integers(low, high + 1, size=n_bags)
+            self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            shape = [int(self.offsets[-1])]
+        else:
+            shape = list(spec.ids_shape)
+            shape[0] = max(1, int(round(shape[0] * self.scale)))
+        self.ids_shape = tuple(shape)
         # Table: uniform in [-0.05, 0.05), the Keras default initializer.
         self.table = rng.random((self.rows, self.dim), dtype=TABLE_DTYPE)
         self.table -= 0.5
@@ -84,12 +107,18 @@ class Workload:
         else:
             flat = rng.integers(0, self.rows, size=n, dtype=ID_DTYPE)
         self.ids = flat.reshape(self.ids_shape)
-        self.grad_out = rng.standard_normal(self.ids_shape + (self.dim,), dtype=TABLE_DTYPE)
+        out_shape = (self.n_bags,) if self.offsets is not None else self.ids_shape
+        self.grad_out = rng.standard_normal(out_shape + (self.dim,), dtype=TABLE_DTYPE)
         self._cache = {}
 
     @property
     def n_ids(self):
         return self.ids.size
+
+    @property
+    def n_bags(self):
+        """B for a bag workload, 0 otherwise."""
+        return 0 if self.offsets is None else self.offsets.shape[0] - 1
 
     @property
     def flat_ids(self):
@@ -101,8 +130,12 @@ class Workload:
 
     @property
     def bytes(self):
-        """Bytes an ideal kernel moves: read and write every row once, read every id: 2*N*D*itemsize + N*id_itemsize."""
-        return 2 * self.n_ids * self.dim * self.table.itemsize + self.n_ids * self.ids.itemsize
+        """Bytes an ideal kernel moves: read and write every row once, read every id: 2*N*D*itemsize + N*id_itemsize.
+
+        Bags: every looked-up row read once, every bag written once, every id read:
+        (N + B)*D*itemsize + N*id_itemsize."""
+        rows_moved = self.n_ids + self.n_bags if self.offsets is not None else 2 * self.n_ids
+        return rows_moved * self.dim * self.table.itemsize + self.n_ids * self.ids.itemsize
 
     def cache(self, key, make):
         if key not in self._cache:
@@ -122,6 +155,8 @@ class Workload:
             "scale": self.scale,
             "bytes": self.bytes,
             "description": self.spec.description,
+            **({"kind": "bags", "n_bags": self.n_bags, "bag_lengths": list(self.spec.bag_lengths)}
+               if self.offsets is not None else {}),
         }
 
 

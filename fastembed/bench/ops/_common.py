@@ -53,11 +53,12 @@ def abs_sum(wl):
     return wl.cache("abs_sum", make)
 
 
-def fbgemm_tbe(wl, n_threads, learning_rate=0.01):
-    """FBGEMM's CPU table-batched embedding (one table, sum pooling, exact SGD), weights = the workload's table.
+def fbgemm_module(wl, optimizer="EXACT_SGD", pooling="SUM", **hyper):
+    """FBGEMM's CPU table-batched embedding over one table holding (a copy of) the workload's table.
 
     Constructed as FBGEMM's own CPU tests do: ``embedding_specs=[(V, D, EmbeddingLocation.HOST,
-    ComputeDevice.CPU)]``. Bags of one id (offsets 0..N) make its pooled forward a plain lookup.
+    ComputeDevice.CPU)]``; optimizer: an ``EmbOptimType`` name; pooling: a ``PoolingMode`` name; hyper:
+    ``learning_rate``, ``eps``, ... Returns ``(tbe, weights)``, weights the table's (V, D) tensor.
     """
     from fastembed.bench.registry import Skip
 
@@ -67,13 +68,21 @@ def fbgemm_tbe(wl, n_threads, learning_rate=0.01):
         raise Skip(f"FBGEMM TBE needs D % 4 == 0 (D = {wl.dim})")
     tbe = fb["TBE"](
         [(wl.rows, wl.dim, fb["EmbeddingLocation"].HOST, fb["ComputeDevice"].CPU)],
-        optimizer=fb["EmbOptimType"].EXACT_SGD,
-        learning_rate=learning_rate,
-        pooling_mode=fb["PoolingMode"].SUM,
+        optimizer=getattr(fb["EmbOptimType"], optimizer),
+        pooling_mode=getattr(fb["PoolingMode"], pooling),
+        **hyper,
     )
     weights = tbe.split_embedding_weights()[0]
     with torch.no_grad():
         weights.copy_(torch.from_numpy(wl.table))
+    return tbe, weights
+
+
+def fbgemm_tbe(wl, n_threads, learning_rate=0.01):
+    """FBGEMM's CPU TBE (sum pooling, exact SGD) with bags of one id (offsets 0..N), which make its pooled
+    forward a plain lookup. Returns ``(tbe, weights, indices, offsets)``."""
+    torch = peers.torch()
+    tbe, weights = fbgemm_module(wl, learning_rate=learning_rate)
     indices = torch.from_numpy(wl.flat_ids)
     offsets = torch.arange(wl.n_ids + 1, dtype=torch.int64)
     return tbe, weights, indices, offsets
