@@ -23,6 +23,7 @@ import numpy as np
 from fastembed import _optim
 from fastembed._plan import GradPlan, lookup_plan
 from fastembed._threads import resolve_threads
+from fastembed._validation import as_float
 from fastembed.bags import EmbeddingBag
 from fastembed.ops import sparse_grad
 
@@ -150,7 +151,8 @@ class SparseOptimizer:
 
         Embedding: ids any shape, grad_out ``ids.shape + (D,)``. EmbeddingBag: ids/offsets as for the layer's
         call, grad_out (B, D), with the layer's mode, padding_idx and scale_grad_by_freq (max mode finds its
-        arg-max in the table before updating it). ``layer.grad`` is neither read nor changed.
+        arg-max in the table before updating it). An Embedding's ``out_of_range`` policy applies as in its
+        ``backward``. ``layer.grad`` is neither read nor changed.
         """
         layer = self.layer
         if isinstance(layer, EmbeddingBag):
@@ -162,16 +164,17 @@ class SparseOptimizer:
             clip = layer._clip_options() if hasattr(layer, "_clip_options") else {}
             if clip:
                 # Clipped output rows: the gradient needs the clip's derivative, which sparse_grad applies.
-                grad = sparse_grad(checked, np.asarray(grad_out, dtype=layer.embeddings.dtype),
+                grad = sparse_grad(checked, as_float(grad_out, "grad_out", dtype=layer.embeddings.dtype),
                                    num_rows=layer.embeddings.shape[0], n_threads=n_threads,
                                    padding_idx=layer.padding_idx, scale_grad_by_freq=layer.scale_grad_by_freq,
-                                   table=layer.embeddings, **clip)
+                                   table=layer.embeddings, out_of_range=layer.out_of_range, **clip)
                 if layer.trainable:
                     self._apply(self._plan_of(grad, n_threads))
                 return
             plan = lookup_plan(checked, grad_out, layer.embeddings.shape[0], layer.embeddings.dtype,
                                padding_idx=getattr(layer, "padding_idx", None),
-                               scale_grad_by_freq=getattr(layer, "scale_grad_by_freq", False), n_threads=n_threads)
+                               scale_grad_by_freq=getattr(layer, "scale_grad_by_freq", False), n_threads=n_threads,
+                               out_of_range=getattr(layer, "out_of_range", "raise"))
         if plan.grad.shape[1] != layer.embeddings.shape[1]:
             raise ValueError(f"grad_out has width {plan.grad.shape[1]} but the table has width "
                              f"{layer.embeddings.shape[1]}")
