@@ -189,13 +189,16 @@ class SparseOptimizer:
     def step(self, n_threads=None):
         """Update the rows of ``layer.grad`` (from ``layer.backward``), then clear it."""
         layer = self.layer
-        grad, layer.grad = layer.grad, None
+        grad = layer.grad
         if grad is None or not layer.trainable:
+            layer.grad = None
             return
         table = layer.embeddings
         if grad.dim != table.shape[1]:
             raise ValueError(f"layer.grad has width {grad.dim} but the table has width {table.shape[1]}")
+        # Checked (rows, table, state) before it is consumed: a step that raises leaves layer.grad in place.
         self._apply(self._plan_of(grad, n_threads))
+        layer.grad = None
 
     def _plan_of(self, grad, n_threads):
         """A plan that applies a ``SparseGrad`` as it is: one term per row."""
