@@ -12,6 +12,7 @@ To cover a new entry point (a bag, an optimizer, an adapter): add an ``Entry`` t
 names of its roles (``ids``, ``threads``, ``policy``), and its own rows (offsets, state, ...) to ``_specific_rows``.
 """
 import copy
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Callable
@@ -831,3 +832,45 @@ def test_save_failure_leaves_no_file_behind(tmp_path):
         fastembed.checkpoint.save_arrays(target, {"embeddings": layer.embeddings}, {"bad": object()})
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["layer.npz"]
+
+
+LOADER_ROWS = [
+    # (id, file bytes or None for a missing file, format, exception, message after the file's name)
+    ("missing-file", None, "auto", FileNotFoundError, r"No such file or directory"),
+    ("header-only-dimension-0", b"2 0\nhello\n", "auto", ValueError, r", line 1: the header declares dimension 0$"),
+    ("short-line", b"2 3\nhello 1 2 3\nworld 1 2\n", "auto", ValueError,
+     r", line 3: expected a word and 3 numbers separated by spaces, found 3 fields$"),
+    ("not-a-number", b"2 3\nhello 1 2 x\nworld 1 2 3\n", "word2vec", ValueError, r", line 2: "),
+    ("fewer-vectors-than-the-header", b"3 3\nhello 1 2 3\n", "auto", ValueError,
+     r": file ends after 1 vectors, but its header declares 3$"),
+    ("truncated-binary", b"2 3\nhello " + np.ones(3, np.float32).tobytes() + b"\nworld " + b"\x00" * 4,
+     "word2vec-binary", ValueError, r", vector 2: truncated record \(\d+ bytes left; a record is a word, a space and "
+     r"12 bytes\)$"),
+    ("garbage-bytes", bytes(range(256)), "auto", ValueError, r", line 1: expected a word followed by numbers$"),
+    ("empty-glove", b"", "glove", ValueError, r": no vectors found \(empty file\?\)$"),
+]
+
+
+@pytest.mark.parametrize("case, data, fmt, exc, match", LOADER_ROWS, ids=[row[0] for row in LOADER_ROWS])
+def test_vector_loader_bad_files(tmp_path, case, data, fmt, exc, match):
+    from fastembed.pretrained import load_vectors
+    path = tmp_path / "vectors.txt"
+    if data is not None:
+        path.write_bytes(data)
+    with pytest.raises(exc, match=re.escape(str(path)) + match if exc is ValueError else match):
+        load_vectors(path, format=fmt)
+    assert data is None or path.read_bytes() == data
+
+
+@pytest.mark.parametrize("content, exc, match", [
+    (None, FileNotFoundError, r"No such file or directory"),
+    ("{not json", ValueError, r"^not a tokenizer JSON string: Expecting property name"),
+    ("[1, 2]", ValueError, r'^not a tokenizer JSON string: expected an object with a "config" object$'),
+])
+def test_tokenizer_loader_bad_files(tmp_path, content, exc, match):
+    path = tmp_path / "tokenizer.json"
+    if content is not None:
+        path.write_text(content)
+    from fastembed.text import Tokenizer
+    with pytest.raises(exc, match=match):
+        Tokenizer.load(path)
