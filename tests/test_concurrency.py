@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import fastembed
+from fastembed import _reference as ref
 from fastembed import _gather, _index, _lowp, _remap, _rowscale, _scatter, lowp
 
 N_THREADS = 8
@@ -61,6 +62,42 @@ def test_many_threads_look_up_one_shared_table():
             np.testing.assert_array_equal(fastembed.gather(table, ids, n_threads=n_threads), expected)
             np.testing.assert_array_equal(layer(ids, n_threads=n_threads), expected)
             grad = fastembed.sparse_grad(ids, grad_out, num_rows=20_000, n_threads=n_threads)
+            np.testing.assert_array_equal(grad.rows, np.unique(ids))
+
+    _run_threads(work)
+
+
+def test_many_threads_pool_bags_from_one_shared_table():
+    """Every mode, with and without weights, each thread its own bags, one read-only table for all."""
+    rng = np.random.default_rng(2)
+    table = rng.standard_normal((20_000, 16)).astype(np.float32)
+    table.flags.writeable = False
+    layer = fastembed.EmbeddingBag.from_pretrained(table, mode="sum")
+    modes = ("sum", "mean", "max", "sqrtn")
+    batches = []
+    for k in range(N_THREADS):
+        lengths = rng.integers(0, 30, size=300 + 7 * k)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])[:-1]
+        ids = rng.integers(0, 20_000, size=int(lengths.sum()))
+        weights = rng.uniform(0.5, 1.5, size=ids.shape[0]).astype(np.float32)
+        mode = modes[k % 4]
+        expected = ref.embedding_bag(table, ids, offsets, mode, None if mode == "max" else weights)
+        batches.append((ids, offsets, weights, mode, expected))
+
+    def work(k, barrier):
+        ids, offsets, weights, mode, expected = batches[k]
+        weights = None if mode == "max" else weights
+        grad_out = np.ones((offsets.shape[0], 16), np.float32)
+        barrier.wait()
+        for step in range(6):
+            n_threads = 1 + (k + step) % 2
+            pooled = fastembed.embedding_bag(table, ids, offsets, mode=mode, per_sample_weights=weights,
+                                             n_threads=n_threads)
+            np.testing.assert_allclose(pooled, expected, rtol=1e-5, atol=1e-5)
+            if mode == "sum":
+                np.testing.assert_array_equal(layer(ids, offsets, weights, n_threads=n_threads), pooled)
+            grad = fastembed.embedding_bag_backward(ids, grad_out, offsets, mode=mode, per_sample_weights=weights,
+                                                    table=table, n_threads=n_threads)
             np.testing.assert_array_equal(grad.rows, np.unique(ids))
 
     _run_threads(work)
