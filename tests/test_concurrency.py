@@ -18,7 +18,8 @@ import pytest
 
 import fastembed
 from fastembed import _reference as ref
-from fastembed import _gather, _index, _lowp, _remap, _rowscale, _scatter, lowp
+from fastembed import _bag, _gather, _index, _lowp, _optim, _remap, _rowscale, _scatter, lowp
+from fastembed._plan import NO_ARGPOS, lookup_plan
 
 N_THREADS = 8
 
@@ -153,7 +154,19 @@ def kernels():
     remapped = np.empty_like(strays)
     quantized = lowp.QuantizedTable.from_float(table)
     half = table.astype(np.float16).view(np.uint16)
+    offsets = np.arange(0, n, 20, dtype=np.int64)
+    offsets = np.append(offsets, n)
+    pooled = np.empty((offsets.shape[0] - 1, d), np.float32)
+    plan = lookup_plan(ids, grad, v, np.float32, n_threads=1)
+    adagrad_sum = np.zeros(v * d, np.float32)
+    scratch = np.empty((1, _optim.BLOCK_ROWS * d), np.float32)
     return {
+        "bag_forward": lambda: _bag.bag_forward(table, ids, offsets, np.empty(0, np.float32), 1, -1, pooled,
+                                                NO_ARGPOS, 1),
+        "segment_reduce": lambda: _bag.segment_reduce(*plan.kernel_args(), values, 1),
+        "fused_update": lambda: _optim.fused_update(1, dense, adagrad_sum, np.empty(0, np.float32), plan.rows,
+                                                    *plan.kernel_args(), 1e-3, 0.0, 0.0, 0.0, 1e-8, 0.0, 0.0,
+                                                    scratch, 1),
         "gather_rows": lambda: _gather.gather_rows(table, ids, out, 1),
         "gather_rows_mapped": lambda: _remap.gather_rows_mapped(table, strays, out, _remap.ZERO, -1, 1),
         "remap_ids": lambda: _remap.remap_ids(strays, v, _remap.CLIP, -1, remapped, 1),
@@ -170,7 +183,7 @@ def kernels():
 
 KERNEL_NAMES = ["gather_rows", "gather_rows_mapped", "remap_ids", "first_out_of_range", "group_rows",
                 "segment_sum_rows", "scatter_add_rows", "gather_rows_int8", "gather_rows_f16", "clip_rows",
-                "renorm_rows"]
+                "renorm_rows", "bag_forward", "segment_reduce", "fused_update"]
 gil_only = pytest.mark.skipif(not getattr(sys, "_is_gil_enabled", lambda: True)(), reason="no GIL in this build")
 
 
