@@ -6,12 +6,12 @@ A bag is a group of ids whose rows are pooled into one vector (PyTorch ``Embeddi
 """
 import numpy as np
 
-from fastembed import _bag
+from fastembed import _bag, _out_of_range
 from fastembed._options import check_padding_idx
 from fastembed._plan import NO_ARGPOS, bag_plan
 from fastembed._threads import resolve_threads
-from fastembed._validation import FLOAT_DTYPES, as_float, as_ids, as_table, check_positive_int, check_rows
-from fastembed.layers import Embedding
+from fastembed._validation import FLOAT_DTYPES, as_float, as_ids, as_table, check_positive_int
+from fastembed.layers import Embedding, _json_scalar
 
 MODES = ("sum", "mean", "max", "sqrtn")
 _MODE_CODES = {"sum": 0, "mean": 1, "sqrtn": 2, "max": 3}
@@ -93,13 +93,15 @@ def _check_offsets(offsets, n_ids, include_last_offset):
 
 
 def prepare_bags(ids, offsets, per_sample_weights, mode, padding_idx, include_last_offset, num_rows, dim,
-                 itemsize, n_threads):
+                 itemsize, n_threads, out_of_range="raise"):
     """Validate a bag batch and return ``Bags``; nothing is computed before every check has passed.
 
     ids: (N,) with ``offsets``, or (B, L) fixed-length bags with ``offsets=None``. per_sample_weights: ids'
-    shape. num_rows: ids must lie in ``[0, num_rows)`` (None: only non-negative).
+    shape. num_rows: ids must lie in ``[0, num_rows)`` (None: only non-negative), or are mapped by
+    ``out_of_range`` (see ``embedding_bag``).
     """
     mode = check_mode(mode)
+    policy = _out_of_range.parse(out_of_range, num_rows)
     ids = as_ids(ids)
     if ids.ndim == 2:
         if offsets is not None:
@@ -127,8 +129,22 @@ def prepare_bags(ids, offsets, per_sample_weights, mode, padding_idx, include_la
     padding = -1 if padding is None else padding
     flat = ids.reshape(-1)
     threads = resolve_threads(n_threads, flat.shape[0] * max(dim, 1) * itemsize)
-    check_rows(flat, num_rows if num_rows is not None else np.iinfo(np.int64).max, threads, ids.shape)
+    limit = num_rows if num_rows is not None else np.iinfo(np.int64).max
+    if _out_of_range.needs_mapping(flat, limit, policy, threads, ids.shape):
+        flat, offsets, weights = _map_strays(flat, offsets, weights, num_rows, policy, threads)
     return Bags(flat, offsets, weights, mode, padding, ids.shape, num_rows, threads)
+
+
+def _map_strays(flat, offsets, weights, num_rows, policy, threads):
+    """``(ids, offsets, weights)`` with the ids outside the table mapped by ``policy``; under "zero" their
+    positions leave their bags (as TensorFlow's ``safe_embedding_lookup_sparse`` prunes invalid ids)."""
+    mapped = _out_of_range.remap(flat, num_rows, policy, threads)
+    if policy.code != _out_of_range.ZERO:
+        return mapped, offsets, weights
+    kept = mapped != num_rows
+    kept_before = np.concatenate([[0], np.cumsum(kept)])
+    return (np.ascontiguousarray(mapped[kept]), kept_before[offsets].astype(np.int64),
+            None if weights is None else weights[kept])
 
 
 def _check_empty_policy(empty):
@@ -151,7 +167,7 @@ def _pool(table, bags, empty):
 
 
 def embedding_bag(table, ids, offsets=None, mode="sum", per_sample_weights=None, padding_idx=None,
-                  include_last_offset=False, empty="zeros", n_threads=None):
+                  include_last_offset=False, empty="zeros", n_threads=None, out_of_range="raise"):
     """Pool the rows of each bag: ``out[b] = pool(table[ids in bag b])``.
 
     table: (V, D) float32/float64. ids: (N,) int with ``offsets``, or (B, L) for B bags of L ids each.
@@ -162,26 +178,30 @@ def embedding_bag(table, ids, offsets=None, mode="sum", per_sample_weights=None,
     (column-wise maximum). per_sample_weights: float, ids' shape, multiplies each row (not with max).
     padding_idx: ids equal to it are skipped and not counted. empty: ``"zeros"`` (a bag with no id, or only
     padding, or weights summing to 0 under mean/sqrtn, gives zeros) or ``"raise"`` (``ValueError`` naming the
-    first bag with no id). Returns (B, D), the table's dtype. Each bag is summed in position order by one
-    thread: the same bits for any thread count.
+    first bag with no id). out_of_range: what an id outside ``[0, V)`` does, as in ``gather``: ``"raise"`` (an
+    ``IndexError`` naming it), ``"clip"`` (the nearest row), an int row (that row), or ``"zero"`` (it reads
+    nothing: it adds nothing to its bag and is not counted by mean or sqrtn, like ``padding_idx``). Returns
+    (B, D), the table's dtype. Each bag is summed in position order by one thread: the same bits for any
+    thread count.
     """
     table = as_table(table)
     _check_empty_policy(empty)
     bags = prepare_bags(ids, offsets, per_sample_weights, mode, padding_idx, include_last_offset, table.shape[0],
-                        table.shape[1], table.itemsize, n_threads)
+                        table.shape[1], table.itemsize, n_threads, out_of_range)
     return _pool(np.ascontiguousarray(table), bags, empty)
 
 
 def embedding_bag_backward(ids, grad_out, offsets=None, mode="sum", per_sample_weights=None, padding_idx=None,
                            include_last_offset=False, scale_grad_by_freq=False, num_rows=None, table=None,
-                           n_threads=None):
+                           n_threads=None, out_of_range="raise"):
     """Gradient of ``embedding_bag`` with respect to the table, as a ``SparseGrad``.
 
     ids, offsets, mode, per_sample_weights, padding_idx, include_last_offset: as given to the forward pass.
     grad_out: (B, D), the gradient of its output. num_rows: V (defaults to the table's). table: the (V, D)
     table of the forward pass; required for ``mode="max"``, whose gradient goes, column by column, to the row
     that held the maximum (the first of equal maxima). scale_grad_by_freq: each term divided by the number of
-    times its id occurs in the whole batch (PyTorch's ``nn.Embedding`` rule). Rows are the sorted unique ids
+    times its id occurs in the whole batch (PyTorch's ``nn.Embedding`` rule). out_of_range: as in the forward
+    pass (needs num_rows or table unless "raise"): ids mapped to a row train it. Rows are the sorted unique ids
     but ``padding_idx``; values have grad_out's dtype (the table's when given). Memory O(N + B * D), never
     O(V); the same bits for any thread count.
     """
@@ -193,7 +213,7 @@ def embedding_bag_backward(ids, grad_out, offsets=None, mode="sum", per_sample_w
     grad = as_float(grad_out, "grad_out", dtype=None if table is None else table.dtype)
     dim = grad.shape[-1] if grad.ndim else 0
     bags = prepare_bags(ids, offsets, per_sample_weights, mode, padding_idx, include_last_offset, num_rows, dim,
-                        grad.itemsize, n_threads)
+                        grad.itemsize, n_threads, out_of_range)
     return bag_plan(bags, grad, grad.dtype, scale_grad_by_freq, table).sparse_grad()
 
 
@@ -211,15 +231,17 @@ class EmbeddingBag(Embedding):
         scale_grad_by_freq: divide each id's gradient by its count in the batch.
         include_last_offset: offsets have B + 1 entries, the last equal to the number of ids.
         empty: ``"zeros"`` or ``"raise"`` for bags with no id (see ``embedding_bag``).
+        out_of_range: ``"raise"``, ``"clip"``, ``"zero"`` or an int row (see ``embedding_bag``), in the call,
+            ``backward`` and the optimizers' ``fused_step``.
         embeddings_initializer, trainable, weights, dtype, seed, name: as for ``Embedding``.
     """
 
     def __init__(self, num_embeddings, embedding_dim, mode="mean", padding_idx=None, scale_grad_by_freq=False,
                  include_last_offset=False, empty="zeros", embeddings_initializer="uniform", trainable=True,
-                 weights=None, dtype="float32", seed=None, name=None):
+                 weights=None, dtype="float32", seed=None, name=None, out_of_range="raise"):
         super().__init__(num_embeddings, embedding_dim, embeddings_initializer=embeddings_initializer,
                          trainable=trainable, weights=weights, dtype=dtype, seed=seed, name=name or "embedding_bag",
-                         padding_idx=padding_idx, scale_grad_by_freq=scale_grad_by_freq)
+                         padding_idx=padding_idx, scale_grad_by_freq=scale_grad_by_freq, out_of_range=out_of_range)
         self.mode = check_mode(mode)
         self.include_last_offset = bool(include_last_offset)
         _check_empty_policy(empty)
@@ -230,7 +252,8 @@ class EmbeddingBag(Embedding):
         return {"num_embeddings": self.input_dim, "embedding_dim": self.output_dim, "mode": self.mode,
                 "padding_idx": self.padding_idx, "scale_grad_by_freq": self.scale_grad_by_freq,
                 "include_last_offset": self.include_last_offset, "empty": self.empty,
-                "trainable": self.trainable, "dtype": self.dtype.name, "name": self.name}
+                "trainable": self.trainable, "dtype": self.dtype.name, "name": self.name,
+                "out_of_range": _json_scalar(self.out_of_range)}
 
     @staticmethod
     def _table_shape(config):
@@ -255,7 +278,7 @@ class EmbeddingBag(Embedding):
 
     def _bags(self, ids, offsets, per_sample_weights, n_threads):
         return prepare_bags(ids, offsets, per_sample_weights, self.mode, self.padding_idx, self.include_last_offset,
-                            self.input_dim, self.output_dim, self.dtype.itemsize, n_threads)
+                            self.input_dim, self.output_dim, self.dtype.itemsize, n_threads, self.out_of_range)
 
     def __call__(self, ids, offsets=None, per_sample_weights=None, n_threads=None):
         """Pool the bags → (B, embedding_dim), the layer's dtype. ids/offsets as in ``embedding_bag``."""
@@ -288,6 +311,8 @@ class EmbeddingBag(Embedding):
             flags.append(f"empty={self.empty!r}")
         if not self.trainable:
             flags.append("trainable=False")
+        if not (isinstance(self.out_of_range, str) and self.out_of_range == "raise"):
+            flags.append(f"out_of_range={self.out_of_range!r}")
         return (f"EmbeddingBag(name={self.name!r}, num_embeddings={self.input_dim}, "
                 f"embedding_dim={self.output_dim}, dtype={self.dtype.name}, {', '.join(flags)}, "
                 f"params={self.count_params()})")

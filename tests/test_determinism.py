@@ -128,6 +128,9 @@ DETERMINISTIC = {
                                                                 n_threads=t)),
     **{f"bag {mode}": (lambda t, mode=mode: _bag(mode, t)) for mode in ("sum", "mean", "max", "sqrtn")},
     **{f"bag {mode} weighted": (lambda t, mode=mode: _bag(mode, t, True)) for mode in ("sum", "mean", "sqrtn")},
+    **{f"bag mean {policy}": (lambda t, policy=policy: (fastembed.embedding_bag(
+        TABLE, STRAYS[:BAG_IDS.shape[0]], OFFSETS, mode="mean", out_of_range=policy, n_threads=t),))
+       for policy in ("clip", "zero")},
     **{f"{name} {how} {layer}": (lambda t, name=name, fused=fused, bags=bags: _optimizer(name, t, fused, bags))
        for name in OPTIMIZERS for fused, how in ((False, "step"), (True, "fused_step"))
        for bags, layer in ((False, "lookup"), (True, "bags"))},
