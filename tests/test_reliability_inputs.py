@@ -9,7 +9,8 @@ empty batch is fine) and D == 0 (empty rows); layers need V >= 1 and D >= 1, as 
 cast to float; bool, complex, object and string arrays are refused.
 
 To cover a new entry point (a bag, an optimizer, an adapter): add an ``Entry`` to ``ENTRIES`` with the argument
-names of its roles (``ids``, ``threads``, ``policy``), and its own rows (offsets, state, ...) to ``_specific_rows``.
+names of its roles (``ids``, ``threads``, ``policy``; ``tensor_ids`` for an adapter taking torch tensors), and its
+own rows (offsets, state, ...) to ``_specific_rows``. Entries for optional libraries skip when they are absent.
 """
 import copy
 import re
