@@ -239,6 +239,9 @@ class EmbeddingBag(Embedding):
     def __init__(self, num_embeddings, embedding_dim, mode="mean", padding_idx=None, scale_grad_by_freq=False,
                  include_last_offset=False, empty="zeros", embeddings_initializer="uniform", trainable=True,
                  weights=None, dtype="float32", seed=None, name=None, out_of_range="raise"):
+        # Checked under this layer's own names (Embedding's are input_dim and output_dim).
+        check_positive_int(num_embeddings, "num_embeddings")
+        check_positive_int(embedding_dim, "embedding_dim")
         super().__init__(num_embeddings, embedding_dim, embeddings_initializer=embeddings_initializer,
                          trainable=trainable, weights=weights, dtype=dtype, seed=seed, name=name or "embedding_bag",
                          padding_idx=padding_idx, scale_grad_by_freq=scale_grad_by_freq, out_of_range=out_of_range)
