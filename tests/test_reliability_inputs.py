@@ -569,6 +569,19 @@ def _specific_rows():
         Row("grad_out-read-only", "scatter_add", _set("grad_out", lambda _: _readonly(_grad()))),
         Row("grad_out-fortran", "scatter_add", _set("grad_out", lambda _: np.asfortranarray(_grad()))),
         Row("grad_out-list", "Embedding.backward", _set("grad_out", lambda _: _grad().tolist())),
+        Row("table-strided", "embedding_bag", _set("table", lambda _: _strided(_table()))),
+        Row("table-read-only", "embedding_bag", _set("table", lambda _: _readonly(_table()))),
+        Row("table-float64", "embedding_bag", _set("table", lambda _: _table(np.float64))),
+        Row("table-D0", "embedding_bag", _set("table", lambda _: np.zeros((V, 0), np.float32))),
+        Row("ids-no-bags", "embedding_bag", _set("ids", lambda _: np.zeros((0, 3), np.int64))),
+        Row("ids-empty-bags", "embedding_bag", _set("ids", lambda _: np.zeros((2, 0), np.int64))),
+        Row("grad_out-strided", "embedding_bag_backward", _set("grad_out", lambda _: _strided(_bag_grad()))),
+        Row("grad_out-read-only", "EmbeddingBag.backward",
+            _set("grad_out", lambda _: _readonly(_bag_grad(np.float32)))),
+        Row("grad_out-int", "embedding_bag_backward",
+            _set("grad_out", lambda _: np.arange(SHAPE[0] * D).reshape(SHAPE[0], D))),
+        Row("grad_out-strided", "fused_step", _set("grad_out", lambda _: _strided(_grad(np.float32)))),
+        Row("grad_out-float64", "fused_step", _set("grad_out", lambda _: _grad())),
     ]
     return bad, ok
 
