@@ -134,7 +134,8 @@ class SparseOptimizer:
         expected = {"shape": list(table.shape), "dtype": table.dtype.name}
         if saved_table != expected:
             described = (f"a {tuple(saved_table['shape'])} {saved_table['dtype']} table"
-                         if isinstance(saved_table, dict) and {"shape", "dtype"} <= set(saved_table) else
+                         if isinstance(saved_table, dict) and isinstance(saved_table.get("shape"), list)
+                         and "dtype" in saved_table else
                          f"an unknown table ({saved_table!r})")
             raise checkpoint.CheckpointError(f"{path}: the state is for {described}, this optimizer's layer has a "
                                              f"{table.shape} {table.dtype} table")

@@ -365,6 +365,7 @@ def _rewrite(path, arrays=None, meta=None):
     (None, lambda m: m["hyper"].update(step_count=-3), r"step_count must be a non-negative int, got -3"),
     (None, lambda m: m["hyper"].pop("eps"), r"the hyper-parameters are .*SparseAdam has lr, betas, eps, step_count"),
     (None, lambda m: m.pop("table"), r"the state is for an unknown table \(None\)"),
+    (None, lambda m: m["table"].update(shape=7), r"the state is for an unknown table \(\{'shape': 7"),
     (None, lambda m: m.pop("class"), r"holds the state of None, not of 'SparseAdam'"),
     (lambda a: a.pop("exp_avg_sq"), None, r"the state has no 'exp_avg_sq'"),
     (lambda a: a.update(momentum_buffer=np.zeros((50, 6), np.float32)), None,
