@@ -249,9 +249,12 @@ def test_writer_killed_mid_save_leaves_the_previous_checkpoint_intact(tmp_path, 
         writer = subprocess.Popen([sys.executable, "-c", WRITERS[kind], str(path), str(rows)], env=env,
                                   stdout=subprocess.PIPE, text=True)
         try:
-            # Wait for one completed save, then kill at a random point of a later one.
+            # Time one whole save cycle, then kill at a random point of the next: the kill lands inside a save as
+            # often as saving fills the cycle, however loaded the machine is.
             assert writer.stdout.readline().strip(), "the writer failed to start"
-            time.sleep(rng.uniform(0.0, 0.15))
+            started = time.perf_counter()
+            assert writer.stdout.readline().strip(), "the writer stopped"
+            time.sleep(rng.uniform(0.0, time.perf_counter() - started))
         finally:
             writer.send_signal(signal.SIGKILL)
             writer.wait()
