@@ -71,6 +71,44 @@ def check_low_precision_and_options(rng):
         renorm_(table.copy(), ids, 1.0, n_threads=n_threads)
 
 
+def check_bags_and_optimizers(rng):
+    table = rng.standard_normal((300, 7))
+    lengths = rng.integers(0, 16, size=4600)              # empty bags too; >= 32768 ids in all
+    offsets = np.concatenate([[0], np.cumsum(lengths)])[:-1]
+    ids = rng.integers(0, 300, size=int(lengths.sum()))
+    weights = rng.uniform(0.5, 1.5, size=ids.shape[0])
+    grad_out = rng.standard_normal((offsets.shape[0], 7))
+    for mode in ("sum", "mean", "max", "sqrtn"):
+        bag_weights = None if mode == "max" else weights
+        expected = ref.embedding_bag(table, ids, offsets, mode, bag_weights, padding_idx=5)
+        expected_grad = ref.embedding_bag_grad(table, ids, grad_out, offsets, mode, bag_weights, padding_idx=5)
+        for n_threads in (1, 2):
+            pooled = fastembed.embedding_bag(table, ids, offsets, mode=mode, per_sample_weights=bag_weights,
+                                             padding_idx=5, n_threads=n_threads)
+            assert np.allclose(pooled, expected)
+            grad = fastembed.embedding_bag_backward(ids, grad_out, offsets, mode=mode, per_sample_weights=bag_weights,
+                                                    padding_idx=5, table=table, n_threads=n_threads)
+            assert np.allclose(grad.to_dense(300), expected_grad)
+    hyper = {"SGD": dict(lr=0.1, momentum=0.9), "Adagrad": dict(lr=0.1), "RowWiseAdagrad": dict(lr=0.1),
+             "SparseAdam": dict(lr=0.01)}
+    for name, kwargs in hyper.items():
+        for n_threads in (1, 2):
+            fused, split = (fastembed.EmbeddingBag(300, 7, mode="mean", dtype="float64", weights=table)
+                            for _ in range(2))
+            fused_opt, split_opt = (getattr(fastembed.optim, name)(layer, **kwargs) for layer in (fused, split))
+            fused_opt.fused_step(ids, grad_out, offsets=offsets, n_threads=n_threads)
+            split.backward(ids, offsets, grad_out, n_threads=n_threads)
+            split_opt.step(n_threads=n_threads)
+            assert np.array_equal(fused.embeddings, split.embeddings)
+        lookup = fastembed.Embedding(300, 7, out_of_range="clip", seed=0)
+        opt = getattr(fastembed.optim, name)(lookup, **kwargs)
+        opt.fused_step(rng.integers(-5, 305, size=(40, 50)), rng.standard_normal((40, 50, 7)), n_threads=2)
+        with tempfile.TemporaryDirectory() as directory:
+            path = os.path.join(directory, "opt.npz")
+            opt.save(path)
+            getattr(fastembed.optim, name)(lookup, lr=1.0).load(path)
+
+
 def check_layer_and_checkpoint(rng):
     layer = fastembed.Embedding(50, 4, dtype="float64", seed=0, out_of_range="zero")
     ids = rng.integers(-2, 52, size=(6, 9))
@@ -89,5 +127,6 @@ if __name__ == "__main__":
     generator = np.random.default_rng(0)
     check_functional_ops(generator)
     check_low_precision_and_options(generator)
+    check_bags_and_optimizers(generator)
     check_layer_and_checkpoint(generator)
     print("all kernels ran and matched numpy")

@@ -8,7 +8,8 @@ an int ``r`` in ``[0, V)``: row ``r`` (a dedicated out-of-vocabulary row), which
 The mapping is integer logic in the kernels, the same on every platform and for every thread count. Lookups
 pay one parallel range count (the same one "raise" needs); only when it finds an out-of-range id do the mapping
 kernels of ``fastembed._remap`` run, so valid ids are never copied. Bags reuse ``parse``, ``needs_mapping`` and
-``remap``: under "zero" a remapped id equals V, one past the table, meaning "reads nothing".
+``remap``: under "zero" a remapped id equals V, one past the table, meaning "reads nothing", and the bag prelude
+drops those positions from their bags.
 """
 from typing import NamedTuple
 

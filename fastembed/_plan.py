@@ -6,7 +6,7 @@ order, that backward followed by ``step`` would. Memory is O(N) plus the batch's
 """
 import numpy as np
 
-from fastembed import _bag
+from fastembed import _bag, _out_of_range
 from fastembed._threads import resolve_threads
 from fastembed._validation import as_float, as_ids, check_grad_shape
 from fastembed.ops import _group
@@ -71,10 +71,12 @@ def row_plan(rows, values, num_rows, n_threads=None):
                     values, num_rows, threads)
 
 
-def lookup_plan(ids, grad_out, num_rows, dtype, padding_idx=None, scale_grad_by_freq=False, n_threads=None):
+def lookup_plan(ids, grad_out, num_rows, dtype, padding_idx=None, scale_grad_by_freq=False, n_threads=None,
+                out_of_range="raise"):
     """The plan of a plain lookup: ``grad_out`` has shape ``ids.shape + (D,)``; every position is its own term.
 
-    ids are validated against ``num_rows``; grad_out is cast to ``dtype``.
+    ids are validated against ``num_rows`` and mapped by ``out_of_range`` as ``sparse_grad`` maps them ("zero"
+    positions are left out of every segment); grad_out is cast to ``dtype``.
     """
     ids = as_ids(ids)
     grad = as_float(grad_out, "grad_out", dtype=dtype)
@@ -82,7 +84,8 @@ def lookup_plan(ids, grad_out, num_rows, dtype, padding_idx=None, scale_grad_by_
     dim = grad.shape[-1]
     flat = ids.reshape(-1)
     threads = resolve_threads(n_threads, flat.shape[0] * max(dim, 1) * grad.itemsize)
-    rows, order, seg_ptr = _group(flat, num_rows, threads, ids.shape)
+    policy = _out_of_range.parse(out_of_range, num_rows)
+    rows, order, seg_ptr = _group(flat, num_rows, threads, ids.shape, policy)
     grad2d = np.ascontiguousarray(grad).reshape(-1, dim)
     padding = -1 if padding_idx is None else int(padding_idx)
     return GradPlan(rows, order, seg_ptr, grad2d, num_rows, threads, by_freq=scale_grad_by_freq, padding=padding)

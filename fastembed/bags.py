@@ -15,13 +15,13 @@ Low-precision tables (``fastembed.lowp``: float16, bfloat16, int8 row-wise) are 
 """
 import numpy as np
 
-from fastembed import _bag, _rowscale, lowp
+from fastembed import _bag, _out_of_range, _rowscale, lowp
 from fastembed._interop import from_dlpack
 from fastembed._options import check_max_norm, check_max_norm_mode, check_norm_type, check_padding_idx
 from fastembed._plan import NO_ARGPOS, GradPlan, bag_plan
 from fastembed._threads import resolve_threads
 from fastembed._validation import FLOAT_DTYPES, as_float, as_ids, as_table, check_positive_int, check_rows
-from fastembed.layers import Embedding
+from fastembed.layers import Embedding, _json_scalar
 from fastembed.ops import _grouped, gather
 from fastembed.renorm import renorm_
 from fastembed.sparse import SparseGrad
@@ -33,13 +33,16 @@ EMPTY_POLICIES = ("zeros", "raise")
 
 class Bags:
     """Validated bag input: ``ids`` (N,) int32/int64, ``offsets`` (B + 1,) int64 from 0 to N, ``weights``
-    (N,) or None, ``padding`` the id to skip or -1, ``shape`` the ids' original shape (for messages)."""
+    (N,) or None, ``padding`` the id to skip or -1, ``shape`` the ids' original shape (for messages).
+    ``kept``: None, or a (size of shape,) bool mask of the positions left in ``ids`` when out_of_range="zero"
+    dropped some."""
 
-    __slots__ = ("ids", "offsets", "weights", "mode", "padding", "shape", "num_rows", "threads")
+    __slots__ = ("ids", "offsets", "weights", "mode", "padding", "shape", "num_rows", "threads", "kept")
 
-    def __init__(self, ids, offsets, weights, mode, padding, shape, num_rows, threads):
+    def __init__(self, ids, offsets, weights, mode, padding, shape, num_rows, threads, kept=None):
         self.ids, self.offsets, self.weights, self.mode = ids, offsets, weights, mode
         self.padding, self.shape, self.num_rows, self.threads = padding, shape, num_rows, threads
+        self.kept = kept
 
     @property
     def n_bags(self):
@@ -106,13 +109,15 @@ def _check_offsets(offsets, n_ids, include_last_offset):
 
 
 def prepare_bags(ids, offsets, per_sample_weights, mode, padding_idx, include_last_offset, num_rows, dim,
-                 itemsize, n_threads):
+                 itemsize, n_threads, out_of_range="raise"):
     """Validate a bag batch and return ``Bags``; nothing is computed before every check has passed.
 
     ids: (N,) with ``offsets``, or (B, L) fixed-length bags with ``offsets=None``. per_sample_weights: ids'
-    shape. num_rows: ids must lie in ``[0, num_rows)`` (None: only non-negative).
+    shape. num_rows: ids must lie in ``[0, num_rows)`` (None: only non-negative), or are mapped by
+    ``out_of_range`` (see ``embedding_bag``).
     """
     mode = check_mode(mode)
+    policy = _out_of_range.parse(out_of_range, num_rows)
     ids = as_ids(ids)
     if ids.ndim == 2:
         if offsets is not None:
@@ -140,8 +145,24 @@ def prepare_bags(ids, offsets, per_sample_weights, mode, padding_idx, include_la
     padding = -1 if padding is None else padding
     flat = ids.reshape(-1)
     threads = resolve_threads(n_threads, flat.shape[0] * max(dim, 1) * itemsize)
-    check_rows(flat, num_rows if num_rows is not None else np.iinfo(np.int64).max, threads, ids.shape)
-    return Bags(flat, offsets, weights, mode, padding, ids.shape, num_rows, threads)
+    limit = num_rows if num_rows is not None else np.iinfo(np.int64).max
+    kept = None
+    if _out_of_range.needs_mapping(flat, limit, policy, threads, ids.shape):
+        flat, offsets, weights, kept = _map_strays(flat, offsets, weights, num_rows, policy, threads)
+    return Bags(flat, offsets, weights, mode, padding, ids.shape, num_rows, threads, kept)
+
+
+def _map_strays(flat, offsets, weights, num_rows, policy, threads):
+    """``(ids, offsets, weights, kept)`` with the ids outside the table mapped by ``policy``; under "zero" their
+    positions leave their bags (as TensorFlow's ``safe_embedding_lookup_sparse`` prunes invalid ids) and
+    ``kept`` masks the positions left, otherwise it is None."""
+    mapped = _out_of_range.remap(flat, num_rows, policy, threads)
+    if policy.code != _out_of_range.ZERO:
+        return mapped, offsets, weights, None
+    kept = mapped != num_rows
+    kept_before = np.concatenate([[0], np.cumsum(kept)])
+    return (np.ascontiguousarray(mapped[kept]), kept_before[offsets].astype(np.int64),
+            None if weights is None else weights[kept], kept)
 
 
 def _check_empty_policy(empty):
@@ -220,7 +241,7 @@ def _table_and_reader(table):
 
 def embedding_bag(table, ids, offsets=None, mode="sum", per_sample_weights=None, padding_idx=None,
                   include_last_offset=False, empty="zeros", n_threads=None, max_norm=None, norm_type=2.0,
-                  max_norm_mode="output"):
+                  max_norm_mode="output", out_of_range="raise"):
     """Pool the rows of each bag: ``out[b] = pool(table[ids in bag b])``.
 
     table: (V, D) float32/float64, or a low-precision table (float16 array, bfloat16 ``lowp.BFloat16Table``
@@ -237,8 +258,11 @@ def embedding_bag(table, ids, offsets=None, mode="sum", per_sample_weights=None,
     (a longer row is scaled by ``max_norm / (norm + 1e-7)``, PyTorch's rule) before pooling; max_norm_mode:
     ``"output"`` (the default here, as in ``gather``: clipped copies are pooled, the table is not touched) or
     ``"inplace"`` (PyTorch's ``F.embedding_bag(max_norm=...)``: the looked-up rows of the table itself are
-    rescaled first, padding included; needs a writeable float table). Returns (B, D), the table's dtype
-    (float32 for low precision). Each bag is summed in position order by one thread: the same bits for any
+    rescaled first, padding included; needs a writeable float table). out_of_range: what an id outside
+    ``[0, V)`` does, as in ``gather``: ``"raise"`` (an ``IndexError`` naming it), ``"clip"`` (the nearest row),
+    an int row (that row), or ``"zero"`` (it reads nothing: it adds nothing to its bag and is not counted by
+    mean or sqrtn, like ``padding_idx``). Returns (B, D), the table's dtype (float32 for low precision). Each
+    bag is summed in position order by one thread: the same bits for any
     thread count.
     """
     given = table
@@ -250,7 +274,7 @@ def embedding_bag(table, ids, offsets=None, mode="sum", per_sample_weights=None,
                          f"cannot hold exactly: use max_norm_mode='output'")
     n_rows, dim = table.shape if reader is None else reader.shape
     bags = prepare_bags(ids, offsets, per_sample_weights, mode, padding_idx, include_last_offset, n_rows, dim,
-                        4 if reader is not None else table.itemsize, n_threads)
+                        4 if reader is not None else table.itemsize, n_threads, out_of_range)
     if clip is not None and clip[2] == "output":
         _, compact, compact_bags = _compact_rows(table, bags, clip[0], clip[1])
         return _pool(compact, compact_bags, empty)
@@ -262,14 +286,15 @@ def embedding_bag(table, ids, offsets=None, mode="sum", per_sample_weights=None,
 
 def embedding_bag_backward(ids, grad_out, offsets=None, mode="sum", per_sample_weights=None, padding_idx=None,
                            include_last_offset=False, scale_grad_by_freq=False, num_rows=None, table=None,
-                           n_threads=None, max_norm=None, norm_type=2.0):
+                           n_threads=None, max_norm=None, norm_type=2.0, out_of_range="raise"):
     """Gradient of ``embedding_bag`` with respect to the table, as a ``SparseGrad``.
 
     ids, offsets, mode, per_sample_weights, padding_idx, include_last_offset: as given to the forward pass.
     grad_out: (B, D), the gradient of its output. num_rows: V (defaults to the table's). table: the (V, D)
     table of the forward pass; required for ``mode="max"``, whose gradient goes, column by column, to the row
     that held the maximum (the first of equal maxima). scale_grad_by_freq: each term divided by the number of
-    times its id occurs in the whole batch (PyTorch's ``nn.Embedding`` rule). Rows are the sorted unique ids
+    times its id occurs in the whole batch (PyTorch's ``nn.Embedding`` rule). out_of_range: as in the forward
+    pass (needs num_rows or table unless "raise"): ids mapped to a row train it. Rows are the sorted unique ids
     but ``padding_idx``; values have grad_out's dtype (the table's when given). Memory O(N + B * D), never
     O(V); the same bits for any thread count.
     max_norm / norm_type: the gradient of ``embedding_bag(..., max_norm=..., max_norm_mode="output")``, the
@@ -288,7 +313,7 @@ def embedding_bag_backward(ids, grad_out, offsets=None, mode="sum", per_sample_w
     if clip is not None and table is None:
         raise ValueError("max_norm needs the table the rows were read from: pass table=")
     bags = prepare_bags(ids, offsets, per_sample_weights, mode, padding_idx, include_last_offset, num_rows, dim,
-                        grad.itemsize, n_threads)
+                        grad.itemsize, n_threads, out_of_range)
     if clip is not None:
         return _clipped_grad(table, bags, grad, clip[0], clip[1], scale_grad_by_freq)
     return bag_plan(bags, grad, grad.dtype, scale_grad_by_freq, table).sparse_grad()
@@ -296,7 +321,7 @@ def embedding_bag_backward(ids, grad_out, offsets=None, mode="sum", per_sample_w
 
 def per_sample_weights_grad(table, ids, grad_out, offsets=None, mode="sum", per_sample_weights=None,
                             padding_idx=None, include_last_offset=False, max_norm=None, norm_type=2.0,
-                            n_threads=None):
+                            n_threads=None, out_of_range="raise"):
     """Gradient of ``embedding_bag`` with respect to its ``per_sample_weights``: ``d loss / d w_k``.
 
     table: the (V, D) table the forward pass read (float, or low precision read as float32); ids, offsets,
@@ -309,7 +334,8 @@ def per_sample_weights_grad(table, ids, grad_out, offsets=None, mode="sum", per_
 
     Positions holding ``padding_idx``, and bags whose weights sum to 0 (their output is defined as 0), get 0.
     max_norm / norm_type: the forward pass clipped its rows with ``max_norm_mode="output"`` (x_k is then the
-    clipped row). Returns an array of the ids' shape, grad_out's dtype (the table's; float32 for low
+    clipped row). out_of_range: as in the forward pass; a position whose id it dropped ("zero") gets 0.
+    Returns an array of the ids' shape, grad_out's dtype (the table's; float32 for low
     precision). Each dot is summed in a fixed order: the same bits for any thread count.
     """
     table, reader = _table_and_reader(table)
@@ -323,7 +349,7 @@ def per_sample_weights_grad(table, ids, grad_out, offsets=None, mode="sum", per_
     dtype = np.dtype(np.float32) if reader is not None else table.dtype
     grad = np.ascontiguousarray(as_float(grad_out, "grad_out", dtype=dtype))
     bags = prepare_bags(ids, offsets, per_sample_weights, mode, padding_idx, include_last_offset, n_rows, dim,
-                        dtype.itemsize, n_threads)
+                        dtype.itemsize, n_threads, out_of_range)
     if grad.shape != (bags.n_bags, dim):
         raise ValueError(f"grad_out must have shape (number of bags, D) = ({bags.n_bags}, {dim}), got {grad.shape}")
     read_bags = bags
@@ -333,7 +359,12 @@ def per_sample_weights_grad(table, ids, grad_out, offsets=None, mode="sum", per_
         read_table = np.ascontiguousarray(table)
     dots = np.empty(bags.ids.shape[0], dtype)
     _bag.position_dots(read_table, read_bags.ids, bags.offsets, grad, read_bags.padding, dots, bags.threads)
-    return _weights_grad_from_dots(bags, dots).reshape(bags.shape)
+    weights_grad = _weights_grad_from_dots(bags, dots)
+    if bags.kept is not None:
+        dropped_zero = np.zeros(bags.kept.shape[0], weights_grad.dtype)
+        dropped_zero[bags.kept] = weights_grad
+        weights_grad = dropped_zero
+    return weights_grad.reshape(bags.shape)
 
 
 def _weights_grad_from_dots(bags, dots):
@@ -379,6 +410,8 @@ class EmbeddingBag(Embedding):
             left as it is, the pooled rows are clipped copies, and ``backward`` is the clip's exact derivative).
         storage: None, or ``"float16"``, ``"bfloat16"``, ``"int8"`` for a low-precision inference table
             (``trainable=False``), pooled into float32 (see ``Embedding``).
+        out_of_range: ``"raise"``, ``"clip"``, ``"zero"`` or an int row (see ``embedding_bag``), in the call,
+            ``backward`` and the optimizers' ``fused_step``.
         embeddings_initializer, trainable, weights, dtype, seed, name: as for ``Embedding``.
 
     ``backward`` with ``per_sample_weights`` also leaves their gradient in ``per_sample_weights_grad``.
@@ -387,11 +420,15 @@ class EmbeddingBag(Embedding):
     def __init__(self, num_embeddings, embedding_dim, mode="mean", padding_idx=None, scale_grad_by_freq=False,
                  include_last_offset=False, empty="zeros", embeddings_initializer="uniform", trainable=True,
                  weights=None, dtype="float32", seed=None, name=None, max_norm=None, norm_type=2.0,
-                 max_norm_mode="inplace", storage=None):
+                 max_norm_mode="inplace", storage=None, out_of_range="raise"):
+        # Checked under this layer's own names (Embedding's are input_dim and output_dim).
+        check_positive_int(num_embeddings, "num_embeddings")
+        check_positive_int(embedding_dim, "embedding_dim")
         super().__init__(num_embeddings, embedding_dim, embeddings_initializer=embeddings_initializer,
                          trainable=trainable, weights=weights, dtype=dtype, seed=seed, name=name or "embedding_bag",
                          padding_idx=padding_idx, scale_grad_by_freq=scale_grad_by_freq, max_norm=max_norm,
-                         norm_type=norm_type, max_norm_mode=max_norm_mode, storage=storage)
+                         norm_type=norm_type, max_norm_mode=max_norm_mode, storage=storage,
+                         out_of_range=out_of_range)
         self.mode = check_mode(mode)
         self.include_last_offset = bool(include_last_offset)
         _check_empty_policy(empty)
@@ -405,7 +442,8 @@ class EmbeddingBag(Embedding):
                 "include_last_offset": self.include_last_offset, "empty": self.empty,
                 "trainable": self.trainable, "dtype": self.dtype.name, "name": self.name,
                 "max_norm": self.max_norm, "norm_type": self.norm_type, "max_norm_mode": self.max_norm_mode,
-                "storage": self.storage if self.storage in lowp.STORAGES else None}
+                "storage": self.storage if self.storage in lowp.STORAGES else None,
+                "out_of_range": _json_scalar(self.out_of_range)}
 
     @staticmethod
     def _table_shape(config):
@@ -436,7 +474,7 @@ class EmbeddingBag(Embedding):
 
     def _bags(self, ids, offsets, per_sample_weights, n_threads):
         return prepare_bags(ids, offsets, per_sample_weights, self.mode, self.padding_idx, self.include_last_offset,
-                            self.input_dim, self.output_dim, self.dtype.itemsize, n_threads)
+                            self.input_dim, self.output_dim, self.dtype.itemsize, n_threads, self.out_of_range)
 
     def __call__(self, ids, offsets=None, per_sample_weights=None, n_threads=None):
         """Pool the bags → (B, embedding_dim), the layer's dtype. ids/offsets as in ``embedding_bag``.
@@ -491,7 +529,7 @@ class EmbeddingBag(Embedding):
             clip = {"max_norm": self.max_norm, "norm_type": self.norm_type} if self._clipped() else {}
             self.per_sample_weights_grad = per_sample_weights_grad(
                 self.embeddings, ids, grad_out, offsets, self.mode, per_sample_weights, self.padding_idx,
-                self.include_last_offset, n_threads=n_threads, **clip)
+                self.include_last_offset, n_threads=n_threads, out_of_range=self.out_of_range, **clip)
         if self.trainable:
             self.grad = grad if self.grad is None else self.grad + grad
         return grad
@@ -512,6 +550,8 @@ class EmbeddingBag(Embedding):
             flags.append(f"storage={self.storage!r}")
         if not self.trainable:
             flags.append("trainable=False")
+        if not (isinstance(self.out_of_range, str) and self.out_of_range == "raise"):
+            flags.append(f"out_of_range={self.out_of_range!r}")
         return (f"EmbeddingBag(name={self.name!r}, num_embeddings={self.input_dim}, "
                 f"embedding_dim={self.output_dim}, dtype={self.dtype.name}, {', '.join(flags)}, "
                 f"params={self.count_params()})")

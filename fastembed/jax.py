@@ -12,8 +12,10 @@ Limits:
 - table: (V, D) float32 or float64 (float64 needs ``jax.config.update("jax_enable_x64", True)`` or the
   ``jax.enable_x64`` context, as everywhere in JAX); ids: int32/int64 of any shape (other integer dtypes are
   converted; int64 also needs x64).
-- ids must lie in ``[0, V)``: an id outside makes the callback fail with fastembed's ``IndexError`` message,
-  raised by JAX as a runtime error, where ``jnp.take`` would fill NaN or wrap negative ids.
+- ids must lie in ``[0, V)``: concrete ids (numpy, lists, jax arrays outside ``jit``) are checked before JAX
+  sees them, with fastembed's ``IndexError`` naming the position and value; traced ids (under ``jit``) are
+  checked by the callback, whose failure JAX raises as a runtime error. ``jnp.take`` would fill NaN or wrap
+  negative ids instead.
 - Reverse mode only (``jax.grad``, ``jax.vjp``, any order, since the gradient's own gradient is the lookup
   again); ``jax.jvp``/``jacfwd`` are refused by ``custom_vjp``. Under ``vmap`` the callback runs once per
   batch element.
@@ -24,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fastembed._validation import as_ids, check_rows
 from fastembed.ops import gather, scatter_add
 
 __all__ = ["lookup"]
@@ -39,11 +42,17 @@ def lookup(table, ids):
     gradient. Raises ``TypeError``/``ValueError`` for a bad dtype or shape when traced.
     """
     table = jnp.asarray(table)
-    ids = jnp.asarray(ids)
     if table.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"table must be float32 or float64, got dtype {table.dtype}")
     if table.ndim != 2:
         raise ValueError(f"table must be 2-D (rows, dim), got shape {table.shape}")
+    if not isinstance(ids, jax.core.Tracer):
+        # Concrete ids are checked here, where the error can name the position and value: inside the callback
+        # it would surface as a JAX runtime error, and without x64 JAX would silently wrap int64 ids to int32.
+        host = as_ids(ids)
+        check_rows(host.reshape(-1), table.shape[0], 1, host.shape)
+        ids = host
+    ids = jnp.asarray(ids)
     if not jnp.issubdtype(ids.dtype, jnp.integer):
         raise TypeError(f"ids must be an integer array, got dtype {ids.dtype}")
     if ids.dtype not in _INDEX_DTYPES:

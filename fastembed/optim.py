@@ -20,8 +20,10 @@ import math
 
 import numpy as np
 
-from fastembed import _optim
-from fastembed._plan import lookup_plan, row_plan
+from fastembed import _optim, checkpoint
+from fastembed._plan import GradPlan, lookup_plan
+from fastembed._threads import resolve_threads
+from fastembed._validation import as_float
 from fastembed.bags import EmbeddingBag
 from fastembed.ops import sparse_grad
 
@@ -34,9 +36,14 @@ def _non_negative(value, name):
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a number, got {value!r}")
     value = float(value)
-    if not value >= 0.0:
-        raise ValueError(f"Invalid {name}: {value} (must be >= 0)")
+    if not (value >= 0.0 and math.isfinite(value)):
+        raise ValueError(f"Invalid {name}: {value} (must be finite and >= 0)")
     return value
+
+
+def _json_value(value):
+    """A hyper-parameter as JSON holds it (betas are a pair)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _beta(value, index):
@@ -103,28 +110,88 @@ class SparseOptimizer:
         return out
 
     def load_state_dict(self, state_dict):
-        """Restore hyper-parameters and state saved by ``state_dict`` (arrays are copied in)."""
+        """Restore hyper-parameters and state saved by ``state_dict`` (arrays are copied in, cast to the table's
+        dtype). Every key, hyper-parameter, shape and dtype is checked first: a failed load changes nothing."""
         saved = dict(state_dict)
-        name = str(np.asarray(saved.get("optimizer", "")))
+        name = str(np.asarray(saved.pop("optimizer", "")))
         if name != type(self).__name__:
             raise ValueError(f"this state is for {name or 'an unknown optimizer'}, not {type(self).__name__}")
         missing = [key for key in self.hyper_names if key not in saved]
         if missing:
             raise KeyError(f"the state has no {', '.join(missing)}")
-        previous = {key: getattr(self, key) for key in self.hyper_names}
+        hyper = {key: np.asarray(saved.pop(key)).tolist() for key in self.hyper_names}
+        self._restore(hyper, saved, exact_dtype=False)
+
+    def save(self, path):
+        """Write the hyper-parameters and state arrays to ``path`` (.npz), atomically and with checksums (see
+        ``fastembed.checkpoint``): an interrupted save leaves the previous file intact. The layer's table is not
+        in it (``layer.save`` writes that); the file records the table's shape and dtype. Returns ``path``."""
+        table = self.layer.embeddings
+        hyper = {name: _json_value(getattr(self, name)) for name in self.hyper_names}
+        meta = {"class": type(self).__name__, "hyper": hyper,
+                "table": {"shape": list(table.shape), "dtype": table.dtype.name}}
+        return checkpoint.save_arrays(path, self.state, meta)
+
+    def load(self, path):
+        """Restore what ``save`` wrote: hyper-parameters and state, into an optimizer of the same class whose
+        layer has a table of the same shape and dtype.
+
+        Raises ``checkpoint.CheckpointError`` (a ``ValueError``) naming the file and the problem when it is
+        damaged, not an optimizer's, another optimizer's, or for another table; ``FileNotFoundError`` when it
+        is missing. A failed load changes nothing.
+        """
+        arrays, meta = checkpoint.load_arrays(path)
+        kind = meta.get("class")
+        if kind != type(self).__name__:
+            raise checkpoint.CheckpointError(f"{path}: holds the state of {kind!r}, not of {type(self).__name__!r}")
+        table = self.layer.embeddings
+        saved_table = meta.get("table")
+        expected = {"shape": list(table.shape), "dtype": table.dtype.name}
+        if saved_table != expected:
+            described = (f"a {tuple(saved_table['shape'])} {saved_table['dtype']} table"
+                         if isinstance(saved_table, dict) and isinstance(saved_table.get("shape"), list)
+                         and "dtype" in saved_table else
+                         f"an unknown table ({saved_table!r})")
+            raise checkpoint.CheckpointError(f"{path}: the state is for {described}, this optimizer's layer has a "
+                                             f"{table.shape} {table.dtype} table")
+        hyper = meta.get("hyper")
+        if not isinstance(hyper, dict) or set(hyper) != set(self.hyper_names):
+            raise checkpoint.CheckpointError(f"{path}: the hyper-parameters are {hyper!r}, {type(self).__name__} "
+                                             f"has {', '.join(self.hyper_names)}")
         try:
-            self._set_hyper(**{key: np.asarray(saved[key]).tolist() for key in self.hyper_names})
+            self._restore(hyper, arrays, exact_dtype=True)
+        except (KeyError, TypeError, ValueError) as error:
+            message = error.args[0] if error.args else error
+            raise checkpoint.CheckpointError(f"{path}: {message}") from None
+
+    def _restore(self, hyper, arrays, exact_dtype):
+        """Set ``hyper`` and copy in the state ``arrays`` once both fit; on any error nothing has changed."""
+        previous = {key: getattr(self, key) for key in self.hyper_names}
+        dtype = self.layer.embeddings.dtype
+        try:
+            self._set_hyper(**hyper)
             shapes = self._state_shapes()
+            missing = [key for key in shapes if key not in arrays]
+            if missing:
+                raise KeyError(f"the state has no {', '.join(map(repr, missing))}")
+            unexpected = sorted(set(arrays) - set(shapes))
+            if unexpected:
+                raise KeyError(f"the state has unexpected arrays {unexpected} ({type(self).__name__} with these "
+                               f"hyper-parameters keeps {sorted(shapes) or 'none'})")
             for key, shape in shapes.items():
-                if key not in saved:
-                    raise KeyError(f"the state has no {key!r}")
-                if np.shape(saved[key]) != shape:
-                    raise ValueError(f"state {key!r} must have shape {shape}, got {np.shape(saved[key])}")
+                array = arrays[key]
+                array_dtype = getattr(array, "dtype", None)
+                if array_dtype is None:
+                    raise TypeError(f"state {key!r} must be an array, got {type(array).__name__}")
+                if (array_dtype != dtype) if exact_dtype else (array_dtype.kind != "f"):
+                    raise TypeError(f"state {key!r} must have dtype {dtype if exact_dtype else 'float'}, "
+                                    f"got {array_dtype}")
+                if np.shape(array) != shape:
+                    raise ValueError(f"state {key!r} must have shape {shape}, got {np.shape(array)}")
         except (KeyError, ValueError, TypeError):
             self._set_hyper(**previous)
             raise
-        dtype = self.layer.embeddings.dtype
-        self.state = {key: np.array(saved[key], dtype=dtype, order="C", copy=True) for key in shapes}
+        self.state = {key: np.array(arrays[key], dtype=dtype, order="C", copy=True) for key in shapes}
 
     def _set_hyper(self, **hyper):
         """Validate and set the hyper-parameters named in ``hyper_names``."""
@@ -138,13 +205,16 @@ class SparseOptimizer:
     def step(self, n_threads=None):
         """Update the rows of ``layer.grad`` (from ``layer.backward``), then clear it."""
         layer = self.layer
-        grad, layer.grad = layer.grad, None
+        grad = layer.grad
         if grad is None or not layer.trainable:
+            layer.grad = None
             return
         table = layer.embeddings
         if grad.dim != table.shape[1]:
             raise ValueError(f"layer.grad has width {grad.dim} but the table has width {table.shape[1]}")
+        # Checked (rows, table, state) before it is consumed: a step that raises leaves layer.grad in place.
         self._apply(self._plan_of(grad, n_threads))
+        layer.grad = None
 
     def _plan_of(self, grad, n_threads):
         """A plan that applies a ``SparseGrad`` as it is: one term per row."""
@@ -157,7 +227,8 @@ class SparseOptimizer:
 
         Embedding: ids any shape, grad_out ``ids.shape + (D,)``. EmbeddingBag: ids/offsets as for the layer's
         call, grad_out (B, D), with the layer's mode, padding_idx and scale_grad_by_freq (max mode finds its
-        arg-max in the table before updating it). ``layer.grad`` is neither read nor changed.
+        arg-max in the table before updating it). An Embedding's ``out_of_range`` policy applies as in its
+        ``backward``. ``layer.grad`` is neither read nor changed.
         """
         layer = self.layer
         if isinstance(layer, EmbeddingBag):
@@ -169,16 +240,17 @@ class SparseOptimizer:
             clip = layer._clip_options() if hasattr(layer, "_clip_options") else {}
             if clip:
                 # Clipped output rows: the gradient needs the clip's derivative, which sparse_grad applies.
-                grad = sparse_grad(checked, np.asarray(grad_out, dtype=layer.embeddings.dtype),
+                grad = sparse_grad(checked, as_float(grad_out, "grad_out", dtype=layer.embeddings.dtype),
                                    num_rows=layer.embeddings.shape[0], n_threads=n_threads,
                                    padding_idx=layer.padding_idx, scale_grad_by_freq=layer.scale_grad_by_freq,
-                                   table=layer.embeddings, **clip)
+                                   table=layer.embeddings, out_of_range=layer.out_of_range, **clip)
                 if layer.trainable:
                     self._apply(self._plan_of(grad, n_threads))
                 return
             plan = lookup_plan(checked, grad_out, layer.embeddings.shape[0], layer.embeddings.dtype,
                                padding_idx=getattr(layer, "padding_idx", None),
-                               scale_grad_by_freq=getattr(layer, "scale_grad_by_freq", False), n_threads=n_threads)
+                               scale_grad_by_freq=getattr(layer, "scale_grad_by_freq", False), n_threads=n_threads,
+                               out_of_range=getattr(layer, "out_of_range", "raise"))
         if plan.grad.shape[1] != layer.embeddings.shape[1]:
             raise ValueError(f"grad_out has width {plan.grad.shape[1]} but the table has width "
                              f"{layer.embeddings.shape[1]}")
@@ -299,7 +371,10 @@ class SparseAdam(SparseOptimizer):
 
     def _set_hyper(self, lr, betas, eps, step_count):
         self.lr = _non_negative(lr, "learning rate")
-        betas = tuple(betas)
+        try:
+            betas = tuple(betas)
+        except TypeError:
+            raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
         if len(betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         self.betas = (_beta(betas[0], 0), _beta(betas[1], 1))

@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 
 import fastembed
-from fastembed import _gather, _index, _lowp, _remap, _rowscale, _scatter, lowp
+from fastembed import _reference as ref
+from fastembed import _bag, _gather, _index, _lowp, _optim, _remap, _rowscale, _scatter, lowp
+from fastembed._plan import NO_ARGPOS, lookup_plan
 
 N_THREADS = 8
 
@@ -61,6 +63,42 @@ def test_many_threads_look_up_one_shared_table():
             np.testing.assert_array_equal(fastembed.gather(table, ids, n_threads=n_threads), expected)
             np.testing.assert_array_equal(layer(ids, n_threads=n_threads), expected)
             grad = fastembed.sparse_grad(ids, grad_out, num_rows=20_000, n_threads=n_threads)
+            np.testing.assert_array_equal(grad.rows, np.unique(ids))
+
+    _run_threads(work)
+
+
+def test_many_threads_pool_bags_from_one_shared_table():
+    """Every mode, with and without weights, each thread its own bags, one read-only table for all."""
+    rng = np.random.default_rng(2)
+    table = rng.standard_normal((20_000, 16)).astype(np.float32)
+    table.flags.writeable = False
+    layer = fastembed.EmbeddingBag.from_pretrained(table, mode="sum")
+    modes = ("sum", "mean", "max", "sqrtn")
+    batches = []
+    for k in range(N_THREADS):
+        lengths = rng.integers(0, 30, size=300 + 7 * k)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])[:-1]
+        ids = rng.integers(0, 20_000, size=int(lengths.sum()))
+        weights = rng.uniform(0.5, 1.5, size=ids.shape[0]).astype(np.float32)
+        mode = modes[k % 4]
+        expected = ref.embedding_bag(table, ids, offsets, mode, None if mode == "max" else weights)
+        batches.append((ids, offsets, weights, mode, expected))
+
+    def work(k, barrier):
+        ids, offsets, weights, mode, expected = batches[k]
+        weights = None if mode == "max" else weights
+        grad_out = np.ones((offsets.shape[0], 16), np.float32)
+        barrier.wait()
+        for step in range(6):
+            n_threads = 1 + (k + step) % 2
+            pooled = fastembed.embedding_bag(table, ids, offsets, mode=mode, per_sample_weights=weights,
+                                             n_threads=n_threads)
+            np.testing.assert_allclose(pooled, expected, rtol=1e-5, atol=1e-5)
+            if mode == "sum":
+                np.testing.assert_array_equal(layer(ids, offsets, weights, n_threads=n_threads), pooled)
+            grad = fastembed.embedding_bag_backward(ids, grad_out, offsets, mode=mode, per_sample_weights=weights,
+                                                    table=table, n_threads=n_threads)
             np.testing.assert_array_equal(grad.rows, np.unique(ids))
 
     _run_threads(work)
@@ -116,7 +154,19 @@ def kernels():
     remapped = np.empty_like(strays)
     quantized = lowp.QuantizedTable.from_float(table)
     half = table.astype(np.float16).view(np.uint16)
+    offsets = np.arange(0, n, 20, dtype=np.int64)
+    offsets = np.append(offsets, n)
+    pooled = np.empty((offsets.shape[0] - 1, d), np.float32)
+    plan = lookup_plan(ids, grad, v, np.float32, n_threads=1)
+    adagrad_sum = np.zeros(v * d, np.float32)
+    scratch = np.empty((1, _optim.BLOCK_ROWS * d), np.float32)
     return {
+        "bag_forward": lambda: _bag.bag_forward(table, ids, offsets, np.empty(0, np.float32), 1, -1, pooled,
+                                                NO_ARGPOS, 1),
+        "segment_reduce": lambda: _bag.segment_reduce(*plan.kernel_args(), values, 1),
+        "fused_update": lambda: _optim.fused_update(1, dense, adagrad_sum, np.empty(0, np.float32), plan.rows,
+                                                    *plan.kernel_args(), 1e-3, 0.0, 0.0, 0.0, 1e-8, 0.0, 0.0,
+                                                    scratch, 1),
         "gather_rows": lambda: _gather.gather_rows(table, ids, out, 1),
         "gather_rows_mapped": lambda: _remap.gather_rows_mapped(table, strays, out, _remap.ZERO, -1, 1),
         "remap_ids": lambda: _remap.remap_ids(strays, v, _remap.CLIP, -1, remapped, 1),
@@ -133,7 +183,7 @@ def kernels():
 
 KERNEL_NAMES = ["gather_rows", "gather_rows_mapped", "remap_ids", "first_out_of_range", "group_rows",
                 "segment_sum_rows", "scatter_add_rows", "gather_rows_int8", "gather_rows_f16", "clip_rows",
-                "renorm_rows"]
+                "renorm_rows", "bag_forward", "segment_reduce", "fused_update"]
 gil_only = pytest.mark.skipif(not getattr(sys, "_is_gil_enabled", lambda: True)(), reason="no GIL in this build")
 
 

@@ -10,6 +10,10 @@ What promises it, and why (a new kernel goes into DETERMINISTIC, or into NOT_DET
                                          dense-scratch path for small tables is this kernel too.
   low-precision gathers (_lowp)          per-row conversions, as the float gather.
   max_norm, renorm_, scale_grad_by_freq (_rowscale)   one thread per row, a fixed order inside a row.
+  bags (_bag.bag_forward, embedding_bag_backward)   one thread pools a whole bag in position order; the
+                                         backward reduces each row's terms in the grouped order, as sparse_grad.
+  fused optimizers (_optim.fused_update)  each touched row is reduced and updated by one thread; the update is
+                                         element-wise, so step and fused_step give the same bits for any split.
   Embedding call/backward/step, SparseGrad.__add__: built only from the above.
 Nothing in fastembed is non-deterministic today. A kernel that is not (atomics, Hogwild updates, a reduction
 whose order follows the thread split) would be listed here with what varies, and left out of DETERMINISTIC.
@@ -59,6 +63,40 @@ def _first_bad(t):
     return (np.array(_index.first_out_of_range(bad, V, t)),)
 
 
+LENGTHS = np.random.default_rng(7).integers(0, 60, size=N // 30)         # empty bags and long ones
+OFFSETS = np.concatenate([[0], np.cumsum(LENGTHS)])[:-1]
+BAG_IDS = IDS[:int(LENGTHS.sum())]
+BAG_WEIGHTS = np.random.default_rng(8).uniform(0.1, 2.0, size=BAG_IDS.shape[0]).astype(np.float32)
+BAG_GRAD = GRAD[:OFFSETS.shape[0]]
+OPTIMIZERS = {"SGD": dict(lr=0.1, momentum=0.9, weight_decay=0.01), "Adagrad": dict(lr=0.1, weight_decay=0.01),
+              "RowWiseAdagrad": dict(lr=0.1), "SparseAdam": dict(lr=0.01)}
+
+
+def _bag(mode, t, weighted=False):
+    weights = BAG_WEIGHTS if weighted else None
+    forward = fastembed.embedding_bag(TABLE, BAG_IDS, OFFSETS, mode=mode, per_sample_weights=weights, padding_idx=3,
+                                      n_threads=t)
+    grad = fastembed.embedding_bag_backward(BAG_IDS, BAG_GRAD, OFFSETS, mode=mode, per_sample_weights=weights,
+                                            padding_idx=3, scale_grad_by_freq=True, table=TABLE, n_threads=t)
+    return forward, grad.rows, grad.values
+
+
+def _optimizer(name, t, fused, bags):
+    layer = (fastembed.EmbeddingBag(V, D, mode="mean", weights=TABLE) if bags
+             else fastembed.Embedding(V, D, weights=TABLE))
+    opt = getattr(fastembed.optim, name)(layer, **OPTIMIZERS[name])
+    for _ in range(2):
+        if fused:
+            opt.fused_step(*((BAG_IDS, BAG_GRAD, OFFSETS) if bags else (IDS, GRAD)), n_threads=t)
+        else:
+            if bags:
+                layer.backward(BAG_IDS, OFFSETS, BAG_GRAD, n_threads=t)
+            else:
+                layer.backward(IDS, GRAD, n_threads=t)
+            opt.step(n_threads=t)
+    return (layer.embeddings,) + tuple(opt.state[key] for key in sorted(opt.state))
+
+
 DETERMINISTIC = {
     "gather": lambda t: (fastembed.gather(TABLE, IDS, n_threads=t),),
     "gather int32 ids": lambda t: (fastembed.gather(TABLE, IDS.astype(np.int32), n_threads=t),),
@@ -88,6 +126,14 @@ DETERMINISTIC = {
     "SparseGrad add": lambda t: _sparse(fastembed.sparse_grad(IDS[:N // 2], GRAD[:N // 2], num_rows=V, n_threads=t)
                                         + fastembed.sparse_grad(IDS[N // 2:], GRAD[N // 2:], num_rows=V,
                                                                 n_threads=t)),
+    **{f"bag {mode}": (lambda t, mode=mode: _bag(mode, t)) for mode in ("sum", "mean", "max", "sqrtn")},
+    **{f"bag {mode} weighted": (lambda t, mode=mode: _bag(mode, t, True)) for mode in ("sum", "mean", "sqrtn")},
+    **{f"bag mean {policy}": (lambda t, policy=policy: (fastembed.embedding_bag(
+        TABLE, STRAYS[:BAG_IDS.shape[0]], OFFSETS, mode="mean", out_of_range=policy, n_threads=t),))
+       for policy in ("clip", "zero")},
+    **{f"{name} {how} {layer}": (lambda t, name=name, fused=fused, bags=bags: _optimizer(name, t, fused, bags))
+       for name in OPTIMIZERS for fused, how in ((False, "step"), (True, "fused_step"))
+       for bags, layer in ((False, "lookup"), (True, "bags"))},
 }
 
 

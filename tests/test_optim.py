@@ -253,6 +253,42 @@ def test_fused_step_is_bitwise_backward_then_step(rng, key, layer_kind):
 
 
 @pytest.mark.parametrize("key", list(OPTIMIZERS))
+@pytest.mark.parametrize("policy", ["clip", "zero", 5])
+@pytest.mark.parametrize("clip_rows", [False, True])
+def test_fused_step_follows_the_layers_out_of_range_policy(rng, key, policy, clip_rows):
+    """Stray ids (negative, V and beyond) go where the layer's backward sends them, bit for bit."""
+    w0 = rng.standard_normal((V, D)).astype(np.float32)
+    options = {"max_norm": 1.0, "max_norm_mode": "output"} if clip_rows else {}
+    fused_layer, split_layer = (fastembed.Embedding(V, D, weights=w0, out_of_range=policy, padding_idx=2,
+                                                    **options) for _ in range(2))
+    fused_opt, split_opt = _make(key, fused_layer), _make(key, split_layer)
+    for _ in range(3):
+        ids = rng.integers(-3, V + 3, size=(4, 8))
+        ids[0, :3] = (-1, V, np.iinfo(np.int64).max)
+        grad_out = rng.standard_normal((4, 8, D)).astype(np.float32)
+        fused_opt.fused_step(ids, grad_out, n_threads=2)
+        split_layer.backward(ids, grad_out, n_threads=3)
+        split_opt.step()
+    assert fused_layer.embeddings.tobytes() == split_layer.embeddings.tobytes()
+    assert {k: v.tobytes() for k, v in fused_opt.state.items()} == {k: v.tobytes() for k, v in split_opt.state.items()}
+
+
+@pytest.mark.parametrize("clip_rows", [False, True])
+def test_fused_step_raises_the_backward_message_for_stray_ids(clip_rows):
+    options = {"max_norm": 1.0, "max_norm_mode": "output"} if clip_rows else {}
+    layer = fastembed.Embedding(V, D, seed=0, **options)
+    opt = optim.SparseAdam(layer, lr=0.1)
+    before = layer.embeddings.copy()
+    ids, grad_out = np.array([[1, 2], [3, V]]), np.ones((2, 2, D), np.float32)
+    with pytest.raises(IndexError) as from_backward:
+        layer.backward(ids, grad_out)
+    with pytest.raises(IndexError) as from_fused:
+        opt.fused_step(ids, grad_out)
+    assert str(from_fused.value) == str(from_backward.value) == "ids[1, 1] = 30 is out of range [0, 30) for a table of 30 rows"
+    assert layer.embeddings.tobytes() == before.tobytes() and opt.step_count == 0 and not opt.state["exp_avg"].any()
+
+
+@pytest.mark.parametrize("key", list(OPTIMIZERS))
 def test_fused_step_same_bits_for_any_thread_count(key):
     rng = np.random.default_rng(9)
     w0 = rng.standard_normal((2000, 8)).astype(np.float32)

@@ -1,4 +1,5 @@
-"""The ``out_of_range=`` policy of gather, sparse_grad and Embedding against a numpy oracle of its definition."""
+"""The ``out_of_range=`` policy of gather, sparse_grad, Embedding and the bags against a numpy oracle of its
+definition."""
 import numpy as np
 import pytest
 from conftest import FLOAT_DTYPES, INDEX_DTYPES
@@ -209,3 +210,84 @@ def test_inplace_max_norm_renormalises_the_rows_read(policy):
     np.testing.assert_allclose(norms[read], 1.0, rtol=1e-6)
     untouched = np.setdiff1d(np.arange(8), read)
     np.testing.assert_array_equal(norms[untouched], np.sqrt(2.0))
+
+
+# --- bags ---------------------------------------------------------------------------------------------------
+def _oracle_bag_inputs(ids, offsets, weights, n_rows, policy):
+    """The bag batch the policy defines: mapped ids, and under "zero" the stray positions left out of their bags."""
+    rows = _mapped(ids, n_rows, policy)
+    bounds = np.append(offsets, ids.shape[0])
+    keep = rows >= 0
+    kept_before = np.concatenate([[0], np.cumsum(keep)])
+    return rows[keep], kept_before[bounds[:-1]], None if weights is None else weights[keep]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("mode", ["sum", "mean", "max", "sqrtn"])
+@pytest.mark.parametrize("n_threads", [1, 3])
+def test_bags_follow_the_policy(rng, policy, mode, n_threads):
+    table = rng.standard_normal((12, 5))
+    ids = _ids_with_strays(rng, 60, 12, np.int64)
+    offsets = np.array([0, 4, 4, 9, 30, 59])
+    weights = None if mode == "max" else rng.uniform(0.5, 1.5, size=60)
+    grad_out = rng.standard_normal((6, 5))
+    mapped, mapped_offsets, mapped_weights = _oracle_bag_inputs(ids, offsets, weights, 12, policy)
+    expected = ref.embedding_bag(table, mapped, mapped_offsets, mode, mapped_weights, padding_idx=1)
+    got = fastembed.embedding_bag(table, ids, offsets, mode=mode, per_sample_weights=weights, padding_idx=1,
+                                  out_of_range=policy, n_threads=n_threads)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    grad = fastembed.embedding_bag_backward(ids, grad_out, offsets, mode=mode, per_sample_weights=weights,
+                                            padding_idx=1, table=table, out_of_range=policy, n_threads=n_threads)
+    expected_grad = ref.embedding_bag_grad(table, mapped, grad_out, mapped_offsets, mode, mapped_weights,
+                                           padding_idx=1)
+    np.testing.assert_allclose(grad.to_dense(12), expected_grad, rtol=1e-12, atol=1e-12)
+    layer = fastembed.EmbeddingBag.from_pretrained(table, mode=mode, padding_idx=1, out_of_range=policy)
+    assert layer(ids, offsets, weights, n_threads=n_threads).tobytes() == got.tobytes()
+    layer.trainable = True
+    layer_grad = layer.backward(ids, offsets, grad_out, weights, n_threads=n_threads)
+    assert layer_grad.rows.tobytes() == grad.rows.tobytes() and layer_grad.values.tobytes() == grad.values.tobytes()
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_bag_fused_step_follows_the_policy(rng, policy):
+    w0 = rng.standard_normal((12, 5)).astype(np.float32)
+    fused, split = (fastembed.EmbeddingBag(12, 5, mode="mean", weights=w0, out_of_range=policy) for _ in range(2))
+    fused_opt, split_opt = fastembed.optim.SparseAdam(fused, lr=0.1), fastembed.optim.SparseAdam(split, lr=0.1)
+    for _ in range(3):
+        ids, offsets = _ids_with_strays(rng, 40, 12, np.int64), np.array([0, 10, 10, 25])
+        grad_out = rng.standard_normal((4, 5)).astype(np.float32)
+        fused_opt.fused_step(ids, grad_out, offsets=offsets, n_threads=2)
+        split.backward(ids, offsets, grad_out)
+        split_opt.step()
+    assert fused.embeddings.tobytes() == split.embeddings.tobytes()
+
+
+def test_every_lookup_raises_the_same_message(rng):
+    table = rng.standard_normal((12, 5))
+    ids = np.array([[1, 2, 3], [4, 12, 5]])
+    message = r"^ids\[1, 1\] = 12 is out of range \[0, 12\) for a table of 12 rows$"
+    calls = [lambda: fastembed.gather(table, ids), lambda: fastembed.embedding_bag(table, ids),
+             lambda: fastembed.Embedding.from_pretrained(table)(ids),
+             lambda: fastembed.EmbeddingBag.from_pretrained(table)(ids),
+             lambda: fastembed.sparse_grad(ids, np.ones((2, 3, 5)), num_rows=12),
+             lambda: fastembed.embedding_bag_backward(ids, np.ones((2, 5)), num_rows=12)]
+    for call in calls:
+        with pytest.raises(IndexError, match=message):
+            call()
+    for make in (fastembed.Embedding, fastembed.EmbeddingBag):
+        with pytest.raises(ValueError, match=r"^out_of_range=12 is not a row of the table: it must lie in \[0, 12\)$"):
+            make(12, 5, out_of_range=12)
+    with pytest.raises(ValueError, match=r"^out_of_range must be 'raise', 'clip', 'zero' or an int row, got 'wrap'$"):
+        fastembed.embedding_bag(table, ids, out_of_range="wrap")
+    with pytest.raises(ValueError, match=r"^out_of_range='clip' needs the table's row count \(num_rows\)$"):
+        fastembed.embedding_bag_backward(ids, np.ones((2, 5)), out_of_range="clip")
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_bag_layer_checkpoint_keeps_the_policy(tmp_path, rng, policy):
+    layer = fastembed.EmbeddingBag(12, 3, mode="sum", seed=0, out_of_range=policy)
+    layer.save(tmp_path / "bag.npz")
+    loaded = fastembed.EmbeddingBag.load(tmp_path / "bag.npz")
+    assert loaded.out_of_range == policy and repr(loaded) == repr(layer)
+    ids = _ids_with_strays(rng, (4, 6), 12, np.int64)
+    assert loaded(ids).tobytes() == layer(ids).tobytes()

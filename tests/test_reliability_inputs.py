@@ -9,9 +9,12 @@ empty batch is fine) and D == 0 (empty rows); layers need V >= 1 and D >= 1, as 
 cast to float; bool, complex, object and string arrays are refused.
 
 To cover a new entry point (a bag, an optimizer, an adapter): add an ``Entry`` to ``ENTRIES`` with the argument
-names of its roles (``ids``, ``threads``, ``policy``), and its own rows (offsets, state, ...) to ``_specific_rows``.
+names of its roles (``ids``, ``threads``, ``policy``; ``tensor_ids`` for an adapter taking torch tensors), and its
+own rows (offsets, state, ...) to ``_specific_rows``. Entries for optional libraries skip when they are absent.
 """
 import copy
+import re
+import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -71,6 +74,64 @@ def _scatter_oracle(a):
     return [ref.scatter_add(dense, a["ids"], a["grad_out"])]
 
 
+def _bag_grad(dtype=np.float64):
+    return np.linspace(-1.0, 1.0, num=SHAPE[0] * D).reshape(SHAPE[0], D).astype(dtype)
+
+
+def _per_position(bag_grad):
+    """A sum bag's gradient as a lookup's: every position of bag b receives bag_grad[b]."""
+    bag_grad = np.asarray(bag_grad)
+    return np.repeat(bag_grad[:, None, :], SHAPE[1], axis=1)
+
+
+def _bag_layer():
+    return fastembed.EmbeddingBag(V, D, mode="sum", weights=_table())
+
+
+def _fused_step(args):
+    args = dict(args)
+    opt = args.pop("opt")
+    opt.fused_step(**args)
+    return opt.layer.embeddings
+
+
+def _sgd_oracle(args):
+    """SGD with lr 0.5 (a power of two: the same bits whichever precision the update is computed in)."""
+    grad = np.asarray(args["grad_out"], np.float32)
+    dense = ref.scatter_add(np.zeros((V, D), np.float32), args["ids"], grad)
+    return [args["opt"].layer.embeddings - np.float32(0.5) * dense]
+
+
+def _adam_after_a_step():
+    opt = fastembed.optim.SparseAdam(_layer(), lr=0.1)
+    opt.fused_step(_ids(), _grad(np.float32))
+    return opt
+
+
+def _torch():
+    return pytest.importorskip("fastembed.torch")
+
+
+def _torch_weight():
+    import torch
+    _torch()
+    return torch.nn.Parameter(torch.from_numpy(_table()))
+
+
+def _torch_module():
+    return _torch().Embedding(V, D, _weight=_torch_weight().detach().clone())
+
+
+def _torch_ids(values=None):
+    import torch
+    _torch()
+    return torch.from_numpy(_ids() if values is None else values)
+
+
+def _jax():
+    return pytest.importorskip("fastembed.jax")
+
+
 ENTRIES = {entry.name: entry for entry in [
     Entry("gather", lambda: {"table": _table(), "ids": _ids()},
           lambda a: fastembed.gather(**a), {"ids": "ids", "threads": "n_threads", "policy": "out_of_range"},
@@ -114,6 +175,48 @@ ENTRIES = {entry.name: entry for entry in [
           lambda a: fastembed.gradcheck(**a), {"ids": "ids"}),
     Entry("set_num_threads", dict, lambda a: _set_threads_and_restore(a["n_threads"]),
           {"threads": "n_threads"}),
+    # bags: 2-D ids are fixed-length bags (one per row); the 1-D forms with offsets have their own rows
+    Entry("embedding_bag", lambda: {"table": _table(), "ids": _ids()},
+          lambda a: fastembed.embedding_bag(**a), {"ids": "ids", "threads": "n_threads", "policy": "out_of_range"},
+          oracle=lambda a: [np.asarray(a["table"])[np.asarray(a["ids"]).astype(np.int64)].sum(axis=1)]),
+    Entry("embedding_bag_backward", lambda: {"ids": _ids(), "grad_out": _bag_grad(), "num_rows": V},
+          lambda a: fastembed.embedding_bag_backward(**a),
+          {"ids": "ids", "threads": "n_threads", "policy": "out_of_range"},
+          oracle=lambda a: _oracle_sparse(a["ids"], _per_position(a["grad_out"])), result=_sparse),
+    Entry("EmbeddingBag", lambda: {"num_embeddings": V, "embedding_dim": D}, lambda a: fastembed.EmbeddingBag(**a),
+          {"policy": "out_of_range"}),
+    Entry("EmbeddingBag.__call__", lambda: {"layer": _bag_layer(), "ids": _ids()},
+          lambda a: a["layer"](**{k: v for k, v in a.items() if k != "layer"}), {"ids": "ids", "threads": "n_threads"},
+          oracle=lambda a: [a["layer"].embeddings[np.asarray(a["ids"])].sum(axis=1)]),
+    Entry("EmbeddingBag.backward", lambda: {"layer": _bag_layer(), "ids": _ids(), "offsets": None,
+                                            "grad_out": _bag_grad(np.float32)},
+          lambda a: a["layer"].backward(**{k: v for k, v in a.items() if k != "layer"}),
+          {"ids": "ids", "threads": "n_threads"},
+          oracle=lambda a: _oracle_sparse(a["ids"], _per_position(a["grad_out"])), result=_sparse),
+    # optimizers: construction, the fused step (a lookup layer and a bag layer), step, state
+    Entry("SGD", lambda: {"layer": _layer(), "lr": 0.1}, lambda a: fastembed.optim.SGD(**a)),
+    Entry("Adagrad", lambda: {"layer": _layer(), "lr": 0.1}, lambda a: fastembed.optim.Adagrad(**a)),
+    Entry("RowWiseAdagrad", lambda: {"layer": _layer(), "lr": 0.1}, lambda a: fastembed.optim.RowWiseAdagrad(**a)),
+    Entry("SparseAdam", lambda: {"layer": _layer(), "lr": 0.1}, lambda a: fastembed.optim.SparseAdam(**a)),
+    Entry("fused_step", lambda: {"opt": fastembed.optim.SGD(_layer(), lr=0.5), "ids": _ids(),
+                                 "grad_out": _grad(np.float32)},
+          _fused_step, {"ids": "ids", "threads": "n_threads"}, oracle=_sgd_oracle),
+    Entry("fused_step(bag)", lambda: {"opt": fastembed.optim.SparseAdam(_bag_layer(), lr=0.1), "ids": _ids(),
+                                      "grad_out": _bag_grad(np.float32)},
+          _fused_step, {"ids": "ids", "threads": "n_threads"}),
+    Entry("SGD.step", lambda: {"opt": fastembed.optim.SGD(_with_grad(_layer()), lr=0.5)},
+          lambda a: a["opt"].step(**{k: v for k, v in a.items() if k != "opt"}), {"threads": "n_threads"}),
+    Entry("load_state_dict", lambda: {"opt": _adam_after_a_step(), "state": _adam_after_a_step().state_dict()},
+          lambda a: a["opt"].load_state_dict(a["state"])),
+    # adapters, imported only when their library is installed
+    Entry("fastembed.torch.embedding", lambda: {"input": _torch_ids(), "weight": _torch_weight()},
+          lambda a: _torch().embedding(**a), {"tensor_ids": "input"}),
+    Entry("fastembed.torch.Embedding", lambda: {"module": _torch_module(), "input": _torch_ids()},
+          lambda a: a["module"](a["input"]), {"tensor_ids": "input"}),
+    Entry("fastembed.jax.lookup", lambda: _jax() and {"table": _table(), "ids": _ids()},
+          lambda a: _jax().lookup(a["table"], a["ids"]), {"ids": "ids"},
+          oracle=lambda a: [np.asarray(a["table"])[np.asarray(a["ids"]).astype(np.int64)]],
+          result=lambda out: [np.asarray(out)]),
 ]}
 
 
@@ -206,6 +309,22 @@ def _ids_ok_rows(entry):
         Row(f"{a}-uint8", entry.name, _set(a, lambda _: _ids().astype(np.uint8))),
         Row(f"{a}-nested-list", entry.name, _set(a, lambda _: _ids().tolist())),
     ]
+
+
+def _tensor_ids_rows(entry):
+    """An adapter's ids are tensors: the values and dtypes a tensor can hold."""
+    a = entry.roles["tensor_ids"]
+    rows = [Row(f"{a}-{case}", entry.name, _set(a, lambda _, v=value: _torch_ids(_put(v)(None))), IndexError,
+                rf"^ids{AT} = {value} is out of range \[0, {V}\)")
+            for case, value in [("negative", -1), ("equal-V", V), ("int64-max", INT64_MAX)]]
+    for case, dtype in [("float", np.float32), ("bool", np.bool_)]:
+        rows.append(Row(f"{a}-{case}", entry.name, _set(a, lambda _, d=dtype: _torch_ids(_ids().astype(d))),
+                        TypeError, rf"^ids must be an integer array, got dtype"))
+    rows.append(Row(f"{a}-nan", entry.name, _set(a, lambda _: _torch_ids(_put(np.nan, np.float64)(None))),
+                    TypeError, rf"^ids must be an integer array, got dtype float64 \(ids{AT} = nan\)"))
+    rows.append(Row(f"{a}-numpy", entry.name, _set(a, lambda _: _ids()), TypeError,
+                    rf"^{a} must be a torch.Tensor of ids, got ndarray$"))
+    return rows
 
 
 def _threads_rows(entry):
@@ -424,6 +543,7 @@ def _specific_rows():
         Row("eps-negative", "gradcheck", _set("eps", -1e-6), ValueError, r"^eps must be positive, got -1e-06$"),
         Row("eps-nan", "gradcheck", _set("eps", float("nan")), ValueError, r"^eps must be finite, got nan$"),
     ]
+    bad += _bag_rows(many) + _optimizer_rows(many)
     ok = [
         Row("table-strided", "gather", _set("table", lambda _: _strided(_table()))),
         Row("table-fortran-order", "gather", _set("table", lambda _: np.asfortranarray(_table()))),
@@ -449,8 +569,200 @@ def _specific_rows():
         Row("grad_out-read-only", "scatter_add", _set("grad_out", lambda _: _readonly(_grad()))),
         Row("grad_out-fortran", "scatter_add", _set("grad_out", lambda _: np.asfortranarray(_grad()))),
         Row("grad_out-list", "Embedding.backward", _set("grad_out", lambda _: _grad().tolist())),
+        Row("table-strided", "embedding_bag", _set("table", lambda _: _strided(_table()))),
+        Row("table-read-only", "embedding_bag", _set("table", lambda _: _readonly(_table()))),
+        Row("table-float64", "embedding_bag", _set("table", lambda _: _table(np.float64))),
+        Row("table-D0", "embedding_bag", _set("table", lambda _: np.zeros((V, 0), np.float32))),
+        Row("ids-no-bags", "embedding_bag", _set("ids", lambda _: np.zeros((0, 3), np.int64))),
+        Row("ids-empty-bags", "embedding_bag", _set("ids", lambda _: np.zeros((2, 0), np.int64))),
+        Row("grad_out-strided", "embedding_bag_backward", _set("grad_out", lambda _: _strided(_bag_grad()))),
+        Row("grad_out-read-only", "EmbeddingBag.backward",
+            _set("grad_out", lambda _: _readonly(_bag_grad(np.float32)))),
+        Row("grad_out-int", "embedding_bag_backward",
+            _set("grad_out", lambda _: np.arange(SHAPE[0] * D).reshape(SHAPE[0], D))),
+        Row("grad_out-strided", "fused_step", _set("grad_out", lambda _: _strided(_grad(np.float32)))),
+        Row("grad_out-float64", "fused_step", _set("grad_out", lambda _: _grad())),
     ]
     return bad, ok
+
+
+FLAT_IDS = np.array([0, 1, 2, 3, 4, 9])
+
+
+def _bag_rows(many):
+    """Offsets (with 1-D ids), weights, modes and gradients of the bag entry points."""
+    rows = []
+    offsets_cases = [
+        ("not-starting-at-0", [1, 2, 4], {}, ValueError, r"^offsets\[0\] = 1: the first bag must start at 0$"),
+        ("negative-start", [-1, 2, 4], {}, ValueError, r"^offsets\[0\] = -1: the first bag must start at 0$"),
+        ("non-monotone", [0, 4, 2], {}, ValueError,
+         r"^offsets\[2\] = 2 is less than offsets\[1\] = 4: offsets must be non-decreasing$"),
+        ("beyond-N", [0, 2, 7], {}, ValueError, r"^offsets\[2\] = 7 is beyond the number of ids \(6\)$"),
+        ("last-not-N", [0, 2, 5], {"include_last_offset": True}, ValueError,
+         r"^offsets\[2\] = 5 must equal the number of ids \(6\) with include_last_offset=True$"),
+        ("empty-with-ids", [], {}, ValueError, r"^offsets is empty but there are 6 ids"),
+        ("float", np.array([0.0, 2.0]), {}, TypeError, r"^offsets must be an integer array, got dtype float64$"),
+        ("object", np.array([0, 2], dtype=object), {}, TypeError, r"^offsets must be an integer array, got dtype object$"),
+        ("2-D", np.array([[0, 2]]), {}, ValueError, r"^offsets must be 1-D, got shape \(1, 2\)$"),
+        ("uint64-beyond-int64", np.array([0, 2**64 - 1], np.uint64), {}, IndexError,
+         rf"^offsets\[1\] = {2**64 - 1} does not fit in int64$"),
+        ("missing", None, {}, ValueError, r"^offsets is required when ids is 1-D"),
+    ]
+    for entry in ("embedding_bag", "embedding_bag_backward", "EmbeddingBag.__call__", "EmbeddingBag.backward",
+                  "fused_step(bag)"):
+        for case, offsets, extra, exc, match in offsets_cases:
+            if extra and entry not in ("embedding_bag", "embedding_bag_backward"):
+                continue        # a layer's include_last_offset is its own, not an argument of the call
+            rows.append(Row(f"offsets-{case}", entry, many(ids=lambda _: FLAT_IDS.copy(), offsets=offsets, **extra),
+                            exc, match))
+        rows.append(Row("offsets-with-2-D-ids", entry, _set("offsets", [0, 1]), ValueError,
+                        r"^offsets must be None when ids is 2-D \(fixed-length bags\), got ids of shape \(2, 3\)"))
+        rows.append(Row("ids-3-D", entry, _set("ids", lambda _: _ids()[None]), ValueError,
+                        r"^ids must be 1-D \(with offsets\) or 2-D \(fixed-length bags\), got shape \(1, 2, 3\)$"))
+        rows += [
+            Row("per_sample_weights-shape", entry, _set("per_sample_weights", lambda _: np.ones(6)), ValueError,
+                r"^per_sample_weights must have the ids' shape \(2, 3\), got \(6,\)$"),
+            Row("per_sample_weights-bool", entry, _set("per_sample_weights", lambda _: np.ones(SHAPE, bool)),
+                TypeError, r"^per_sample_weights must be a float array, got dtype bool$"),
+            Row("per_sample_weights-object", entry, _set("per_sample_weights", lambda _: np.ones(SHAPE, object)),
+                TypeError, r"^per_sample_weights must be a float array, got dtype object$"),
+        ]
+    for entry in ("embedding_bag", "embedding_bag_backward", "EmbeddingBag"):
+        rows.append(Row("mode-typo", entry, _set("mode", "avg"), ValueError,
+                        r"^mode must be one of 'sum', 'mean', 'max', 'sqrtn'; got 'avg'$"))
+        rows.append(Row("mode-upper-case", entry, _set("mode", "SUM"), ValueError,
+                        r"^mode must be one of 'sum', 'mean', 'max', 'sqrtn'; got 'SUM'$"))
+    for entry in ("embedding_bag", "embedding_bag_backward"):
+        rows.append(Row("per_sample_weights-with-max", entry,
+                        many(mode="max", per_sample_weights=lambda _: np.ones(SHAPE), table=lambda _: _table()),
+                        ValueError, r"^per_sample_weights are not supported with mode='max'"))
+        rows.append(Row("padding_idx-equal-V", entry, _set("padding_idx", V), ValueError,
+                        rf"^padding_idx must be in \[-{V}, {V}\) for a table of {V} rows, got {V}$"))
+    grad_cases = [("rows", np.zeros((3, D)), ValueError,
+                   r"^grad_out must have shape \(number of bags, D\) = \(2, D\), got \(3, 3\)$"),
+                  ("rank-1", np.zeros(2), ValueError,
+                   r"^grad_out must have shape \(number of bags, D\) = \(2, D\), got \(2,\)$"),
+                  ("string", np.zeros((2, D)).astype(str), TypeError, r"^grad_out must be a float array, got dtype <U"),
+                  ("width", np.zeros((2, D + 1)), ValueError, rf"^grad_out has width {D + 1} but the table has width {D}$")]
+    for entry in ("embedding_bag_backward", "EmbeddingBag.backward", "fused_step(bag)"):
+        for case, grad, exc, match in grad_cases:
+            if case == "width" and entry == "embedding_bag_backward":
+                rows.append(Row(f"grad_out-{case}", entry, many(grad_out=grad, table=lambda _: _table(np.float64),
+                                                                num_rows=None), exc, match))
+            else:
+                rows.append(Row(f"grad_out-{case}", entry, _set("grad_out", grad), exc, match))
+    rows += [
+        Row("empty-typo", "embedding_bag", _set("empty", "skip"), ValueError,
+            r"^empty must be one of 'zeros', 'raise'; got 'skip'$"),
+        Row("empty-bag-raises", "embedding_bag", many(ids=lambda _: FLAT_IDS.copy(), offsets=[0, 3, 3], empty="raise"),
+            ValueError, r"^bag 1 \(ids\[3:3\]\) has no id to pool and empty='raise'$"),
+        Row("table-int", "embedding_bag", _set("table", lambda _: np.arange(V * D).reshape(V, D)), TypeError,
+            r"^table must be float32 or float64, got dtype int64$"),
+        Row("table-rank-1", "embedding_bag", _set("table", lambda _: _table().reshape(-1)), ValueError,
+            r"^table must be 2-D \(rows, dim\), got shape \(30,\)$"),
+        Row("table-V0", "embedding_bag", _set("table", lambda _: np.zeros((0, D), np.float32)), IndexError,
+            r"^ids\[0, 0\] = 0 is out of range \[0, 0\) for a table of 0 rows$"),
+        Row("max-without-table", "embedding_bag_backward", _set("mode", "max"), ValueError,
+            r"^the gradient of mode='max' needs the table, to find each column's arg-max$"),
+        Row("num_rows-zero", "embedding_bag_backward", _set("num_rows", 0), ValueError,
+            r"^num_rows must be a positive int, got 0$"),
+        Row("table-object", "embedding_bag_backward", many(table=lambda _: _table().astype(object), num_rows=None),
+            TypeError, r"^table must be float32 or float64, got dtype object$"),
+        Row("num_embeddings-zero", "EmbeddingBag", _set("num_embeddings", 0), ValueError,
+            r"^num_embeddings must be a positive int, got 0$"),
+        Row("embedding_dim-float", "EmbeddingBag", _set("embedding_dim", 2.5), TypeError,
+            r"^embedding_dim must be a positive int, got 2.5$"),
+        Row("empty-typo", "EmbeddingBag", _set("empty", "none"), ValueError,
+            r"^empty must be one of 'zeros', 'raise'; got 'none'$"),
+        Row("dtype-int", "EmbeddingBag", _set("dtype", "int64"), TypeError,
+            r"^dtype must be float32 or float64, got int64$"),
+        Row("size-product-overflows", "EmbeddingBag", many(num_embeddings=2**62, embedding_dim=2**62), ValueError,
+            r"exceed the largest possible array"),
+    ]
+    return rows
+
+
+def _optimizer_rows(many):
+    """Hyper-parameters, fused steps, hand-made gradients and saved state of the optimizers."""
+    rows = []
+    for entry in ("SGD", "Adagrad", "RowWiseAdagrad", "SparseAdam"):
+        rows += [
+            Row("lr-negative", entry, _set("lr", -0.1), ValueError,
+                r"^Invalid learning rate: -0.1 \(must be finite and >= 0\)$"),
+            Row("lr-nan", entry, _set("lr", float("nan")), ValueError, r"^Invalid learning rate: nan"),
+            Row("lr-inf", entry, _set("lr", float("inf")), ValueError, r"^Invalid learning rate: inf"),
+            Row("lr-string", entry, _set("lr", "0.1"), TypeError, r"^learning rate must be a number, got '0.1'$"),
+            Row("lr-bool", entry, _set("lr", True), TypeError, r"^learning rate must be a number, got True$"),
+            Row("lr-array", entry, _set("lr", lambda _: np.ones(2)), TypeError, r"^learning rate must be a number"),
+            Row("layer-not-a-layer", entry, _set("layer", lambda _: _table()), TypeError,
+                r"^an optimizer needs a layer with a 2-D table \(Embedding or EmbeddingBag\), got ndarray$"),
+            Row("layer-int8", entry, _set("layer", lambda _: fastembed.Embedding(V, D, trainable=False,
+                                                                                storage="int8")),
+                ValueError, r"^a int8 table is for inference: an optimizer needs float32 or float64 storage$"),
+        ]
+        if entry != "SGD":
+            rows.append(Row("eps-negative", entry, _set("eps", -1e-8), ValueError, r"^Invalid epsilon value: -1e-08"))
+        if entry != "SparseAdam":
+            rows.append(Row("weight_decay-nan", entry, _set("weight_decay", float("nan")), ValueError,
+                            r"^Invalid weight_decay value: nan"))
+    rows += [
+        Row("momentum-negative", "SGD", _set("momentum", -0.5), ValueError, r"^Invalid momentum value: -0.5"),
+        Row("initial_accumulator_value-inf", "Adagrad", _set("initial_accumulator_value", float("inf")), ValueError,
+            r"^Invalid initial_accumulator_value: inf"),
+        Row("betas-beta1-one", "SparseAdam", _set("betas", (1.0, 0.999)), ValueError,
+            r"^Invalid beta parameter at index 0: 1.0 \(must be in \[0, 1\)\)$"),
+        Row("betas-beta2-negative", "SparseAdam", _set("betas", (0.9, -0.1)), ValueError,
+            r"^Invalid beta parameter at index 1: -0.1"),
+        Row("betas-nan", "SparseAdam", _set("betas", (float("nan"), 0.9)), ValueError,
+            r"^Invalid beta parameter at index 0: nan"),
+        Row("betas-one-value", "SparseAdam", _set("betas", (0.9,)), ValueError,
+            r"^betas must be a pair \(beta1, beta2\), got \(0.9,\)$"),
+        Row("betas-scalar", "SparseAdam", _set("betas", 0.9), TypeError,
+            r"^betas must be a pair \(beta1, beta2\), got 0.9$"),
+        # the fused step of a lookup layer
+        Row("grad_out-shape", "fused_step", _set("grad_out", lambda _: np.zeros((3, 2, D))), ValueError,
+            r"^grad_out must have shape ids.shape \+ \(D,\) = \(2, 3, 3\), got \(3, 2, 3\)$"),
+        Row("grad_out-width", "fused_step", _set("grad_out", lambda _: np.zeros(SHAPE + (D + 1,))), ValueError,
+            rf"^grad_out has width {D + 1} but the table has width {D}$"),
+        Row("grad_out-object", "fused_step", _set("grad_out", lambda _: _grad().astype(object)), TypeError,
+            r"^grad_out must be a float array, got dtype object$"),
+        Row("offsets-on-a-lookup-layer", "fused_step", _set("offsets", [0, 3]), TypeError,
+            r"^offsets and per_sample_weights apply to an EmbeddingBag layer only$"),
+        Row("table-read-only", "fused_step", lambda a: setattr(a["opt"].layer.embeddings.flags, "writeable", False),
+            ValueError, r"^the layer's table must be a writeable C-contiguous array to be updated in place$"),
+        # step with a gradient that does not fit the table: the gradient stays where it was
+        Row("grad-width", "SGD.step", lambda a: setattr(a["opt"].layer, "grad",
+                                                        fastembed.SparseGrad([1], np.ones((1, D + 1)))),
+            ValueError, rf"^layer.grad has width {D + 1} but the table has width {D}$"),
+        Row("grad-row-beyond-table", "SGD.step", lambda a: setattr(a["opt"].layer, "grad",
+                                                                   fastembed.SparseGrad([1, V], np.ones((2, D)))),
+            IndexError, rf"^ids\[1\] = {V} is out of range \[0, {V}\)"),
+    ]
+    state_cases = [
+        ("foreign-optimizer", lambda s: s.update(optimizer=np.asarray("Adagrad")), ValueError,
+         r"^this state is for Adagrad, not SparseAdam$"),
+        ("no-optimizer-name", lambda s: s.pop("optimizer"), ValueError, r"^this state is for an unknown optimizer"),
+        ("missing-hyper", lambda s: s.pop("betas"), KeyError, r"the state has no betas"),
+        ("missing-array", lambda s: s.pop("exp_avg"), KeyError, r"the state has no 'exp_avg'"),
+        ("unexpected-array", lambda s: s.update(sum=np.zeros((V, D))), KeyError,
+         r"the state has unexpected arrays \['sum'\]"),
+        ("array-shape", lambda s: s.update(exp_avg=np.zeros((V, D + 1))), ValueError,
+         rf"^state 'exp_avg' must have shape \({V}, {D}\), got \({V}, {D + 1}\)$"),
+        ("array-strings", lambda s: s.update(exp_avg=np.zeros((V, D)).astype(str)), TypeError,
+         r"^state 'exp_avg' must have dtype float, got <U"),
+        ("array-object", lambda s: s.update(exp_avg=np.zeros((V, D), object)), TypeError,
+         r"^state 'exp_avg' must have dtype float, got object$"),
+        ("array-list", lambda s: s.update(exp_avg=np.zeros((V, D)).tolist()), TypeError,
+         r"^state 'exp_avg' must be an array, got list$"),
+        ("lr-negative", lambda s: s.update(lr=np.asarray(-1.0)), ValueError, r"^Invalid learning rate: -1.0"),
+        ("betas-three", lambda s: s.update(betas=np.asarray([0.9, 0.9, 0.9])), ValueError,
+         r"^betas must be a pair"),
+        ("step_count-negative", lambda s: s.update(step_count=np.asarray(-1)), ValueError,
+         r"^step_count must be a non-negative int, got -1$"),
+    ]
+    for case, change, exc, match in state_cases:
+        rows.append(Row(case, "load_state_dict", lambda a, c=change: c(a["state"]), exc, match))
+    return rows
 
 
 def _all_rows():
@@ -467,6 +779,8 @@ def _all_rows():
                 ok += [Row("n_threads-numpy-int", entry.name, _set("n_threads", np.int64(2)))]
         if "policy" in entry.roles:
             bad += _policy_rows(entry)
+        if "tensor_ids" in entry.roles:
+            bad += _tensor_ids_rows(entry)
     return bad, ok
 
 
@@ -480,6 +794,13 @@ def _fingerprint(value):
         return own + (_fingerprint(value.base) if isinstance(value.base, np.ndarray) else None,)
     if isinstance(value, fastembed.Embedding):
         return ("layer", _fingerprint(value.embeddings), _fingerprint(value.grad), repr(value))
+    if isinstance(value, fastembed.optim.SparseOptimizer):
+        return ("optimizer", repr(value), _fingerprint(value.state), _fingerprint(value.layer))
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.nn.Module):
+        return ("module", _fingerprint(dict(value.state_dict())))
+    if torch is not None and isinstance(value, torch.Tensor):
+        return ("tensor", _fingerprint(value.detach().numpy()), _fingerprint(value.grad))
     if isinstance(value, fastembed.SparseGrad):
         return ("sparse", _fingerprint(value.rows), _fingerprint(value.values), value.num_rows)
     if isinstance(value, (list, tuple)):
@@ -531,3 +852,45 @@ def test_save_failure_leaves_no_file_behind(tmp_path):
         fastembed.checkpoint.save_arrays(target, {"embeddings": layer.embeddings}, {"bad": object()})
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["layer.npz"]
+
+
+LOADER_ROWS = [
+    # (id, file bytes or None for a missing file, format, exception, message after the file's name)
+    ("missing-file", None, "auto", FileNotFoundError, r"No such file or directory"),
+    ("header-only-dimension-0", b"2 0\nhello\n", "auto", ValueError, r", line 1: the header declares dimension 0$"),
+    ("short-line", b"2 3\nhello 1 2 3\nworld 1 2\n", "auto", ValueError,
+     r", line 3: expected a word and 3 numbers separated by spaces, found 3 fields$"),
+    ("not-a-number", b"2 3\nhello 1 2 x\nworld 1 2 3\n", "word2vec", ValueError, r", line 2: "),
+    ("fewer-vectors-than-the-header", b"3 3\nhello 1 2 3\n", "auto", ValueError,
+     r": file ends after 1 vectors, but its header declares 3$"),
+    ("truncated-binary", b"2 3\nhello " + np.ones(3, np.float32).tobytes() + b"\nworld " + b"\x00" * 4,
+     "word2vec-binary", ValueError, r", vector 2: truncated record \(\d+ bytes left; a record is a word, a space and "
+     r"12 bytes\)$"),
+    ("garbage-bytes", bytes(range(256)), "auto", ValueError, r", line 1: expected a word followed by numbers$"),
+    ("empty-glove", b"", "glove", ValueError, r": no vectors found \(empty file\?\)$"),
+]
+
+
+@pytest.mark.parametrize("case, data, fmt, exc, match", LOADER_ROWS, ids=[row[0] for row in LOADER_ROWS])
+def test_vector_loader_bad_files(tmp_path, case, data, fmt, exc, match):
+    from fastembed.pretrained import load_vectors
+    path = tmp_path / "vectors.txt"
+    if data is not None:
+        path.write_bytes(data)
+    with pytest.raises(exc, match=re.escape(str(path)) + match if exc is ValueError else match):
+        load_vectors(path, format=fmt)
+    assert data is None or path.read_bytes() == data
+
+
+@pytest.mark.parametrize("content, exc, match", [
+    (None, FileNotFoundError, r"No such file or directory"),
+    ("{not json", ValueError, r"^not a tokenizer JSON string: Expecting property name"),
+    ("[1, 2]", ValueError, r'^not a tokenizer JSON string: expected an object with a "config" object$'),
+])
+def test_tokenizer_loader_bad_files(tmp_path, content, exc, match):
+    path = tmp_path / "tokenizer.json"
+    if content is not None:
+        path.write_text(content)
+    from fastembed.text import Tokenizer
+    with pytest.raises(exc, match=match):
+        Tokenizer.load(path)
