@@ -20,7 +20,7 @@ from fastembed._interop import from_dlpack
 from fastembed._options import check_max_norm, check_max_norm_mode, check_norm_type, check_padding_idx
 from fastembed._plan import NO_ARGPOS, GradPlan, bag_plan
 from fastembed._threads import resolve_threads
-from fastembed._validation import FLOAT_DTYPES, as_float, as_ids, as_table, check_positive_int, check_rows
+from fastembed._validation import FLOAT_DTYPES, as_float, as_ids, as_table, check_positive_int
 from fastembed.layers import Embedding, _json_scalar
 from fastembed.ops import _grouped, gather
 from fastembed.renorm import renorm_

@@ -21,8 +21,7 @@ import math
 import numpy as np
 
 from fastembed import _optim, checkpoint
-from fastembed._plan import GradPlan, lookup_plan
-from fastembed._threads import resolve_threads
+from fastembed._plan import lookup_plan, row_plan
 from fastembed._validation import as_float
 from fastembed.bags import EmbeddingBag
 from fastembed.ops import sparse_grad

@@ -254,6 +254,31 @@ def test_per_sample_weights_grad_matches_finite_differences(rng, mode):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["sum", "mean", "sqrtn"])
+def test_per_sample_weights_grad_follows_out_of_range(rng, mode):
+    table, ids, offsets, weights = _batch(rng)
+    strays = ids.copy()
+    strays[[1, 11, 20]] = [-1, table.shape[0], 10**6]
+    grad_out = rng.standard_normal((5, table.shape[1]))
+    # "zero" drops the stray positions from their bags: the gradient of the batch without them, 0 where they were.
+    kept = np.ones(ids.shape[0], bool)
+    kept[[1, 11, 20]] = False
+    kept_offsets = np.concatenate([[0], np.cumsum(kept)])[offsets]
+    expected = np.zeros(ids.shape[0])
+    expected[kept] = _numeric_weights_grad(table, ids[kept], kept_offsets, mode, weights[kept], grad_out)
+    got = fastembed.per_sample_weights_grad(table, strays, grad_out, offsets, mode=mode, per_sample_weights=weights,
+                                            out_of_range="zero")
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-8)
+    clipped_ids = np.clip(strays, 0, table.shape[0] - 1)
+    got = fastembed.per_sample_weights_grad(table, strays, grad_out, offsets, mode=mode, per_sample_weights=weights,
+                                            out_of_range="clip")
+    np.testing.assert_allclose(got, _numeric_weights_grad(table, clipped_ids, offsets, mode, weights, grad_out),
+                               rtol=1e-6, atol=1e-8)
+    layer = fastembed.EmbeddingBag.from_pretrained(table, trainable=True, mode=mode, out_of_range="zero")
+    layer.backward(strays, offsets, grad_out, per_sample_weights=weights)
+    np.testing.assert_allclose(layer.per_sample_weights_grad, expected, rtol=1e-6, atol=1e-8)
+
+
 def test_layer_backward_keeps_the_weights_gradient(rng):
     table, ids, offsets, weights = _batch(rng)
     layer = fastembed.EmbeddingBag.from_pretrained(table, trainable=True, mode="mean", padding_idx=4)

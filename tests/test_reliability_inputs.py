@@ -319,7 +319,7 @@ def _tensor_ids_rows(entry):
             for case, value in [("negative", -1), ("equal-V", V), ("int64-max", INT64_MAX)]]
     for case, dtype in [("float", np.float32), ("bool", np.bool_)]:
         rows.append(Row(f"{a}-{case}", entry.name, _set(a, lambda _, d=dtype: _torch_ids(_ids().astype(d))),
-                        TypeError, rf"^ids must be an integer array, got dtype"))
+                        TypeError, r"^ids must be an integer array, got dtype"))
     rows.append(Row(f"{a}-nan", entry.name, _set(a, lambda _: _torch_ids(_put(np.nan, np.float64)(None))),
                     TypeError, rf"^ids must be an integer array, got dtype float64 \(ids{AT} = nan\)"))
     rows.append(Row(f"{a}-numpy", entry.name, _set(a, lambda _: _ids()), TypeError,
@@ -657,7 +657,7 @@ def _bag_rows(many):
         Row("empty-bag-raises", "embedding_bag", many(ids=lambda _: FLAT_IDS.copy(), offsets=[0, 3, 3], empty="raise"),
             ValueError, r"^bag 1 \(ids\[3:3\]\) has no id to pool and empty='raise'$"),
         Row("table-int", "embedding_bag", _set("table", lambda _: np.arange(V * D).reshape(V, D)), TypeError,
-            r"^table must be float32 or float64, got dtype int64$"),
+            r"^table must be float32, float64, float16 or bfloat16 \(or a QuantizedTable\), got dtype int64$"),
         Row("table-rank-1", "embedding_bag", _set("table", lambda _: _table().reshape(-1)), ValueError,
             r"^table must be 2-D \(rows, dim\), got shape \(30,\)$"),
         Row("table-V0", "embedding_bag", _set("table", lambda _: np.zeros((0, D), np.float32)), IndexError,

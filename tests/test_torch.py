@@ -1,7 +1,6 @@
 """fastembed.torch against torch.nn.Embedding: same outputs, gradients and weights through training."""
 import copy
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
