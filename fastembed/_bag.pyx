@@ -14,7 +14,7 @@ from cython.parallel cimport prange
 import numpy as np
 
 from fastembed._openmp cimport PARALLEL_MIN_BYTES
-from fastembed._rowsum cimport fe_row_sum_f32_i32, fe_row_sum_f32_i64, fe_row_sum_f64_i32, fe_row_sum_f64_i64
+from fastembed._simd cimport fe_row_sum_f32_i32, fe_row_sum_f32_i64, fe_row_sum_f64_i32, fe_row_sum_f64_i64
 from fastembed._memory cimport prefetch_row_keep, worth_prefetching
 from fastembed._segment cimport Segments, make_segments, reduce_segment
 from fastembed._types cimport index_t, real_t
@@ -50,7 +50,7 @@ cdef inline void _prefetch_ahead(const real_t *table, const index_t *ids, int64_
 cdef inline int64_t _row_sum(const real_t *table, const index_t *ids, int64_t start, int64_t end,
                              Py_ssize_t n_ids, int64_t padding, Py_ssize_t dim, bint prefetch,
                              real_t *dst) noexcept nogil:
-    """``dst = sum of table[ids[k]]`` over the bag's non-padding ids (see ``_rowsum``); returns their count."""
+    """``dst = sum of table[ids[k]]`` over the bag's non-padding ids (see ``_simd``); returns their count."""
     cdef int64_t ahead = PREFETCH_DISTANCE if prefetch else 0
     if real_t is float:
         if index_t is int32_t:
