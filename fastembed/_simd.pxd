@@ -1,19 +1,19 @@
 # The innermost row loops (the bag forward's row sum, the backward's weighted sum of gradient rows, the
 # optimizers' row update), compiled for AVX-512, AVX2 and the baseline instruction set, one picked when the
-# module loads (GCC/clang ``target_clones`` on x86-64 Linux; elsewhere the baseline only).
+# module loads (GCC/clang ``target_clones``, an ifunc, on x86-64 glibc Linux; elsewhere the baseline only).
 #
 # The portable build targets SSE2 only, where a 64-float accumulator needs 16 registers and a row 16 adds;
 # with AVX-512 it is 4 registers and 4 adds (measured: the sum forward of 16,384 bags of 20 rows of a
-# 1M x 64 float32 table 1.25x faster than the same loop built for SSE2). None of these targets has FMA, and
-# the loops are element-wise: every version rounds the same operations in the same order, so the bits do
-# not depend on the CPU.
+# 1M x 64 float32 table 1.1-1.25x faster than the same loop built for SSE2; it is bound by memory). FMA
+# contraction is off in every version and the loops are element-wise: every version rounds the same
+# operations in the same order, so the bits do not depend on the CPU.
 from libc.stdint cimport int32_t, int64_t
 
 cdef extern from *:
     """
     /* GCC's avx512f target brings FMA, whose single rounding of a*b+c would change the bits: contraction
        is turned off in every clone (GCC: an attribute; clang: a pragma at the top of each body). */
-    #if defined(__x86_64__) && defined(__linux__) && defined(__has_attribute)
+    #if defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__) && defined(__has_attribute)
     #if __has_attribute(target_clones)
     #if defined(__clang__)
     #define FE_ISA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
