@@ -7,13 +7,14 @@ reduction over ids grouped by row (``_segment.reduce_segment``): deterministic f
 All inputs are validated by the caller; these loops trust them.
 """
 from libc.math cimport sqrt
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t
 from libc.string cimport memcpy, memset
 from cython.parallel cimport prange
 
 import numpy as np
 
 from fastembed._openmp cimport PARALLEL_MIN_BYTES
+from fastembed._simd cimport fe_row_sum_f32_i32, fe_row_sum_f32_i64, fe_row_sum_f64_i32, fe_row_sum_f64_i64
 from fastembed._memory cimport prefetch_row_keep, worth_prefetching
 from fastembed._segment cimport Segments, make_segments, reduce_segment
 from fastembed._types cimport index_t, real_t
@@ -46,48 +47,50 @@ cdef inline void _prefetch_ahead(const real_t *table, const index_t *ids, int64_
         prefetch_row_keep(<const char *>table + ids[ahead] * row_bytes, row_bytes)
 
 
-cdef inline real_t _sum_block(const real_t *table, const index_t *ids, Py_ssize_t n_ids, int64_t start,
-                              int64_t end, const real_t *weights, int mode, int64_t padding, Py_ssize_t dim,
-                              Py_ssize_t j0, bint first, real_t *dst) noexcept nogil:
+cdef inline int64_t _row_sum(const real_t *table, const index_t *ids, int64_t start, int64_t end,
+                             Py_ssize_t n_ids, int64_t padding, Py_ssize_t dim, bint prefetch,
+                             real_t *dst) noexcept nogil:
+    """``dst = sum of table[ids[k]]`` over the bag's non-padding ids (see ``_simd``); returns their count."""
+    cdef int64_t ahead = PREFETCH_DISTANCE if prefetch else 0
+    if real_t is float:
+        if index_t is int32_t:
+            return fe_row_sum_f32_i32(table, ids, start, end, n_ids, padding, dim, ahead, dst)
+        else:
+            return fe_row_sum_f32_i64(table, ids, start, end, n_ids, padding, dim, ahead, dst)
+    else:
+        if index_t is int32_t:
+            return fe_row_sum_f64_i32(table, ids, start, end, n_ids, padding, dim, ahead, dst)
+        else:
+            return fe_row_sum_f64_i64(table, ids, start, end, n_ids, padding, dim, ahead, dst)
+
+
+cdef inline real_t _weighted_block(const real_t *table, const index_t *ids, Py_ssize_t n_ids, int64_t start,
+                                   int64_t end, const real_t *weights, int mode, int64_t padding, Py_ssize_t dim,
+                                   Py_ssize_t j0, bint first, real_t *dst) noexcept nogil:
     """``dst[j0:j0 + BLOCK] = sum_k w_k * table[ids[k], j0:j0 + BLOCK]`` over the bag, BLOCK = 256 bytes.
 
-    The block has a fixed width so that its accumulators live in registers (4 AVX-512, 8 AVX or 16 SSE
-    registers): a 64-float row is summed in one pass, with one load and one add per vector. The first block's
-    pass (``first``) prefetches rows ahead, when the table is worth it, and returns the bag's denominator
+    The block has a fixed width so that its accumulators live in registers. The first block's pass
+    (``first``) prefetches rows ahead, when the table is worth it, and returns the bag's denominator
     (sum of w, or of w^2).
     """
     cdef real_t acc[64]
     cdef Py_ssize_t j, row_bytes = dim * sizeof(real_t)
-    cdef int64_t k, row, count = 0
+    cdef int64_t k, row
     cdef real_t w, denom = 0
     cdef const real_t *src
     for j in range(64 if real_t is float else 32):
         acc[j] = 0
-    # Two copies of the loop, so that the common unweighted one carries no per-row branch or float chain.
-    if weights == NULL:
-        for k in range(start, end):
-            if first:
-                _prefetch_ahead(table, ids, k, n_ids, row_bytes)
-            row = ids[k]
-            if row == padding:
-                continue
-            count += 1
-            src = table + row * dim + j0
-            for j in range(64 if real_t is float else 32):
-                acc[j] += src[j]
-        denom = <real_t>count
-    else:
-        for k in range(start, end):
-            if first:
-                _prefetch_ahead(table, ids, k, n_ids, row_bytes)
-            row = ids[k]
-            if row == padding:
-                continue
-            w = weights[k]
-            denom += w if mode != MODE_SQRTN else w * w
-            src = table + row * dim + j0
-            for j in range(64 if real_t is float else 32):
-                acc[j] += w * src[j]
+    for k in range(start, end):
+        if first:
+            _prefetch_ahead(table, ids, k, n_ids, row_bytes)
+        row = ids[k]
+        if row == padding:
+            continue
+        w = weights[k]
+        denom += w if mode != MODE_SQRTN else w * w
+        src = table + row * dim + j0
+        for j in range(64 if real_t is float else 32):
+            acc[j] += w * src[j]
     for j in range(64 if real_t is float else 32):
         dst[j] = acc[j]
     return denom
@@ -130,37 +133,40 @@ cdef void _max_bag(const real_t *table, const index_t *ids, Py_ssize_t n_ids, in
 cdef void _pool_bag(const real_t *table, const index_t *ids, Py_ssize_t n_ids, int64_t start, int64_t end,
                     const real_t *weights, int mode, int64_t padding, Py_ssize_t dim, bint prefetch,
                     real_t *dst, int64_t *argpos) noexcept nogil:
-    # Columns are summed one 256-byte block at a time over the whole bag: the bag's rows stay in L1 between
-    # blocks, and the first pass prefetches the rows ahead. A last partial block is summed in place.
     cdef Py_ssize_t block = 64 if real_t is float else 32
     cdef int64_t k, row
     cdef Py_ssize_t j, j0 = 0, tail = dim % block, row_bytes = dim * sizeof(real_t)
-    cdef real_t w = 1, denom = 0
+    cdef real_t w, denom = 0
     cdef const real_t *src
     if mode == MODE_MAX:
         _max_bag(table, ids, n_ids, start, end, padding, dim, prefetch, dst, argpos)
         return
-    while j0 + block <= dim:
-        if j0 == 0:
-            denom = _sum_block(table, ids, n_ids, start, end, weights, mode, padding, dim, j0, prefetch, dst + j0)
-        else:
-            _sum_block(table, ids, n_ids, start, end, weights, mode, padding, dim, j0, False, dst + j0)
-        j0 += block
-    if tail:
-        memset(dst + j0, 0, tail * sizeof(real_t))
-        for k in range(start, end):
-            if j0 == 0 and prefetch:
-                _prefetch_ahead(table, ids, k, n_ids, row_bytes)
-            row = ids[k]
-            if row == padding:
-                continue
-            if weights != NULL:
-                w = weights[k]
+    if weights == NULL:
+        denom = <real_t>_row_sum(table, ids, start, end, n_ids, padding, dim, prefetch, dst)
+    else:
+        # Columns are summed one 256-byte block at a time over the whole bag: the bag's rows stay in L1
+        # between blocks, and the first pass prefetches the rows ahead. A last partial block is summed in place.
+        while j0 + block <= dim:
             if j0 == 0:
-                denom += w if mode != MODE_SQRTN else w * w
-            src = table + row * dim + j0
-            for j in range(tail):
-                dst[j0 + j] += w * src[j]
+                denom = _weighted_block(table, ids, n_ids, start, end, weights, mode, padding, dim, j0, prefetch,
+                                        dst + j0)
+            else:
+                _weighted_block(table, ids, n_ids, start, end, weights, mode, padding, dim, j0, False, dst + j0)
+            j0 += block
+        if tail:
+            memset(dst + j0, 0, tail * sizeof(real_t))
+            for k in range(start, end):
+                if j0 == 0 and prefetch:
+                    _prefetch_ahead(table, ids, k, n_ids, row_bytes)
+                row = ids[k]
+                if row == padding:
+                    continue
+                w = weights[k]
+                if j0 == 0:
+                    denom += w if mode != MODE_SQRTN else w * w
+                src = table + row * dim + j0
+                for j in range(tail):
+                    dst[j0 + j] += w * src[j]
     if mode == MODE_SUM:
         return
     if denom == 0:

@@ -6,13 +6,13 @@ which sums the row's gradient terms into a private buffer in increasing position
 the table row and its optimizer state. No gradient the size of the table, or of the batch's unique rows, is
 ever stored; the result is the same bits for any number of threads. The caller validates everything.
 """
-from libc.math cimport sqrt
 from libc.stdint cimport int64_t
 from cython.parallel cimport prange
 
 from fastembed._memory cimport prefetch_row_keep_write
 from fastembed._openmp cimport omp_get_thread_num
 from fastembed._segment cimport Segments, make_segments, reduce_segment
+from fastembed._simd cimport fe_hyper, fe_update_row_f32, fe_update_row_f64
 from fastembed._types cimport real_t
 
 cdef enum:
@@ -24,74 +24,17 @@ cdef enum:
     UPDATE_BLOCK = 32
 
 
-cdef struct Hyper:
-    int kind
-    double lr, momentum, beta1, beta2, eps, weight_decay, step_size
-
-
-cdef inline real_t _sum_of_squares(const real_t *g, Py_ssize_t dim) noexcept nogil:
-    """Sum of ``g[j]^2`` over 8 interleaved partial sums: one serial chain would cost a full add latency
-    per column, the partial sums vectorize. A fixed order, so the same bits on every run."""
-    cdef real_t part[8]
-    cdef Py_ssize_t j = 0, t
-    for t in range(8):
-        part[t] = 0
-    while j + 8 <= dim:
-        for t in range(8):
-            part[t] += g[j + t] * g[j + t]
-        j += 8
-    while j < dim:
-        part[0] += g[j] * g[j]
-        j += 1
-    return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]))
-
-
-cdef void _update_row(const Hyper *h, real_t *w, real_t *s1, real_t *s2, real_t *g,
-                      Py_ssize_t dim) noexcept nogil:
-    """Apply one optimizer update to the row ``w`` from its summed gradient ``g`` (overwritten).
-
-    The arithmetic follows ``torch.optim`` operation by operation, so float64 results agree to the last bits.
-    """
-    cdef Py_ssize_t j
-    cdef real_t lr = <real_t>h.lr, eps = <real_t>h.eps, wd = <real_t>h.weight_decay
-    cdef real_t mom, mult, one_minus_b1, one_minus_b2, neg_step, m_old, mu, v_old, vu
-    if wd != 0:
-        for j in range(dim):
-            g[j] += wd * w[j]
-    if h.kind == OPT_SGD:
-        if s1 == NULL:
-            for j in range(dim):
-                w[j] -= lr * g[j]
-        else:
-            mom = <real_t>h.momentum
-            for j in range(dim):
-                s1[j] = mom * s1[j] + g[j]
-                w[j] -= lr * s1[j]
-    elif h.kind == OPT_ADAGRAD:
-        for j in range(dim):
-            s1[j] += g[j] * g[j]
-            w[j] -= lr * (g[j] / (<real_t>sqrt(s1[j]) + eps))
-    elif h.kind == OPT_ROWWISE_ADAGRAD:
-        s1[0] += _sum_of_squares(g, dim) / <real_t>dim
-        mult = lr / (<real_t>sqrt(s1[0]) + eps)
-        for j in range(dim):
-            w[j] -= mult * g[j]
+cdef inline void _update_row(const fe_hyper *h, real_t *w, real_t *s1, real_t *s2, real_t *g,
+                             Py_ssize_t dim) noexcept nogil:
+    """Apply one optimizer update to the row ``w`` from its summed gradient ``g`` (overwritten); the loops
+    are in ``_simd``, built for the CPU's vector width."""
+    if real_t is float:
+        fe_update_row_f32(h, w, s1, s2, g, dim)
     else:
-        # torch's SparseAdam: m += (g - m) * (1 - b1); v += (g^2 - v) * (1 - b2); w -= step * m / (sqrt(v) + eps)
-        one_minus_b1 = <real_t>(1.0 - h.beta1)
-        one_minus_b2 = <real_t>(1.0 - h.beta2)
-        neg_step = <real_t>(-h.step_size)
-        for j in range(dim):
-            m_old = s1[j]
-            mu = (g[j] - m_old) * one_minus_b1
-            s1[j] = m_old + mu
-            v_old = s2[j]
-            vu = (g[j] * g[j] - v_old) * one_minus_b2
-            s2[j] = v_old + vu
-            w[j] += neg_step * ((mu + m_old) / (<real_t>sqrt(vu + v_old) + eps))
+        fe_update_row_f64(h, w, s1, s2, g, dim)
 
 
-cdef void _update_range(const Hyper *h, const Segments *seg, const real_t *grad, const real_t *coef,
+cdef void _update_range(const fe_hyper *h, const Segments *seg, const real_t *grad, const real_t *coef,
                         const int64_t *rows, real_t *table, real_t *s1, real_t *s2, Py_ssize_t state_width,
                         Py_ssize_t skip, Py_ssize_t s_start, Py_ssize_t s_end, real_t *buf) noexcept nogil:
     # Rows are done a block at a time: first the gradients of the block's rows are reduced into ``buf``
@@ -138,7 +81,7 @@ def fused_update(int kind, real_t[:, ::1] table, real_t[::1] state1, real_t[::1]
     """
     cdef Py_ssize_t n_seg = seg_ptr.shape[0] - 1, dim = table.shape[1], n_chunks, c, width
     cdef Segments seg
-    cdef Hyper h
+    cdef fe_hyper h
     cdef const real_t *co = &coef[0] if coef.shape[0] else NULL
     cdef real_t *s1 = &state1[0] if state1.shape[0] else NULL
     cdef real_t *s2 = &state2[0] if state2.shape[0] else NULL

@@ -8,6 +8,7 @@ from libc.stdint cimport int64_t
 from libc.string cimport memset
 
 from fastembed._memory cimport prefetch_row_keep
+from fastembed._simd cimport fe_term_sum_f32, fe_term_sum_f64
 from fastembed._types cimport real_t
 
 cdef enum:
@@ -54,18 +55,21 @@ cdef inline void reduce_segment(const Segments *seg, const real_t *grad, const r
     cdef const real_t *g
     cdef const int64_t *won
     cdef const int64_t *rows = seg.src if seg.src != NULL else seg.order
-    memset(dst, 0, dim * sizeof(real_t))
-    for k in range(start, end):
-        ahead = k + SEGMENT_PREFETCH
-        if ahead < seg.n_ids:
-            prefetch_row_keep(grad + rows[ahead] * dim, dim * sizeof(real_t))
-        row = rows[k]
-        c = 1 if coef == NULL else coef[k]
-        g = grad + row * dim
-        if seg.argpos == NULL:
-            for j in range(dim):
-                dst[j] += c * g[j]
+    if seg.argpos == NULL:
+        # Every column counts: the kernel built for the CPU's vector width (``_simd``).
+        if real_t is float:
+            fe_term_sum_f32(grad, rows, coef, start, end, seg.n_ids, SEGMENT_PREFETCH, dim, dst)
         else:
+            fe_term_sum_f64(grad, rows, coef, start, end, seg.n_ids, SEGMENT_PREFETCH, dim, dst)
+    else:
+        memset(dst, 0, dim * sizeof(real_t))
+        for k in range(start, end):
+            ahead = k + SEGMENT_PREFETCH
+            if ahead < seg.n_ids:
+                prefetch_row_keep(grad + rows[ahead] * dim, dim * sizeof(real_t))
+            row = rows[k]
+            c = 1 if coef == NULL else coef[k]
+            g = grad + row * dim
             won = seg.argpos + row * dim
             for j in range(dim):
                 if won[j] == seg.order[k]:
