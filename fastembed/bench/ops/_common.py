@@ -3,7 +3,7 @@ import numpy as np
 
 import fastembed
 from fastembed.bench import peers
-from fastembed.bench.registry import Sparse
+from fastembed.bench.registry import Case, Dense, Sparse
 
 
 def torch_inputs(wl):
@@ -86,3 +86,24 @@ def fbgemm_tbe(wl, n_threads, learning_rate=0.01):
     indices = torch.from_numpy(wl.flat_ids)
     offsets = torch.arange(wl.n_ids + 1, dtype=torch.int64)
     return tbe, weights, indices, offsets
+
+
+def torch_autograd_backward(table, forward, grad_out, sparse):
+    """A ``Case`` timing torch's backward into ``table`` (a tensor): ``forward(weight, sparse)`` runs untimed
+    before each call; the timed part is ``backward`` (and ``coalesce`` of a sparse gradient)."""
+    weight = table.detach().requires_grad_(True)  # shares the table's memory; backward never writes it
+    state = {}
+
+    def prepare():  # the forward pass, untimed; a fresh gradient each call
+        weight.grad = None
+        state["out"] = forward(weight, sparse)
+
+    def call():
+        state.pop("out").backward(grad_out)
+        return weight.grad.coalesce() if sparse else weight.grad
+
+    if sparse:
+        result = lambda g: Sparse(g.indices()[0].numpy(), g.values().numpy())  # noqa: E731
+    else:
+        result = lambda g: Dense(g.numpy())  # noqa: E731
+    return Case(call, prepare=prepare, result=result)

@@ -22,7 +22,7 @@ import fastembed
 from fastembed import _reference as ref
 from fastembed import lowp, optim
 from fastembed.bench import peers
-from fastembed.bench.ops._common import ADD_AT_BUDGET_S, fbgemm_module, zeroed
+from fastembed.bench.ops._common import ADD_AT_BUDGET_S, fbgemm_module, torch_autograd_backward, zeroed
 from fastembed.bench.registry import (ATOL, RTOL_SUM, Case, Dense, Impl, Op, Sparse, check_gradient, compare_sums,
                                       register)
 
@@ -192,23 +192,10 @@ def _torch_backward(sparse):
     def build(wl, n):
         torch = peers.torch()
         table, ids, offsets, grad_out = torch_bag_inputs(wl)
-        weight = table.detach().requires_grad_(True)  # shares the table's memory; backward never writes it
-        state = {}
-
-        def prepare():  # the forward pass, untimed; a fresh gradient each call
-            weight.grad = None
-            state["out"] = torch.nn.functional.embedding_bag(ids, weight, offsets, mode="sum",
-                                                             include_last_offset=True, sparse=sparse)
-
-        def call():
-            state.pop("out").backward(grad_out)
-            return weight.grad.coalesce() if sparse else weight.grad
-
-        if sparse:
-            result = lambda g: Sparse(g.indices()[0].numpy(), g.values().numpy())  # noqa: E731
-        else:
-            result = lambda g: Dense(g.numpy())  # noqa: E731
-        return Case(call, prepare=prepare, result=result)
+        return torch_autograd_backward(
+            table, lambda weight, sparse: torch.nn.functional.embedding_bag(ids, weight, offsets, mode="sum",
+                                                                            include_last_offset=True, sparse=sparse),
+            grad_out, sparse)
     return build
 
 

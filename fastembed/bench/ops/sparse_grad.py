@@ -3,7 +3,8 @@ import numpy as np
 
 import fastembed
 from fastembed.bench import peers
-from fastembed.bench.ops._common import ADD_AT_BUDGET_S, abs_sum, fbgemm_tbe, jax_inputs, np_add_at, torch_inputs
+from fastembed.bench.ops._common import (ADD_AT_BUDGET_S, abs_sum, fbgemm_tbe, jax_inputs, np_add_at,
+                                         torch_autograd_backward, torch_inputs)
 from fastembed.bench.registry import Case, Dense, Impl, Op, Sparse, Updated, check_gradient, register
 
 SGD_LR = 0.01
@@ -17,22 +18,9 @@ def _fastembed(wl, n):
 def _torch_backward(wl, n, sparse):
     torch = peers.torch()
     table, ids, _, grad_out, _ = torch_inputs(wl)
-    weight = table.detach().requires_grad_(True)  # shares the table's memory; backward never writes it
-    state = {}
-
-    def prepare():  # the forward pass, untimed; a fresh gradient each call
-        weight.grad = None
-        state["out"] = torch.nn.functional.embedding(ids, weight, sparse=sparse)
-
-    def call():
-        state.pop("out").backward(grad_out)
-        return weight.grad.coalesce() if sparse else weight.grad
-
-    if sparse:
-        result = lambda g: Sparse(g.indices()[0].numpy(), g.values().numpy())  # noqa: E731
-    else:
-        result = lambda g: Dense(g.numpy())  # noqa: E731
-    return Case(call, prepare=prepare, result=result)
+    return torch_autograd_backward(table, lambda weight, sparse: torch.nn.functional.embedding(ids, weight,
+                                                                                                sparse=sparse),
+                                   grad_out, sparse)
 
 
 def _segment_sum(wl, n):
