@@ -244,10 +244,11 @@ def test_id_shapes_dtypes_and_layouts(shape, layout):
     assert torch.equal(torch.autograd.grad(out, weight, grad_out)[0], expected)
 
 
-def test_no_grad_and_inference_mode():
+@pytest.mark.parametrize("module, kwargs", [("Embedding", {}), ("EmbeddingBag", {"mode": "max"})])
+def test_no_grad_and_inference_mode(module, kwargs):
     torch.manual_seed(1)
-    reference = nn.Embedding(VOCAB, DIM, max_norm=1.0)
-    ours = fet.Embedding(VOCAB, DIM, max_norm=1.0)
+    reference = getattr(nn, module)(VOCAB, DIM, max_norm=1.0, **kwargs)
+    ours = getattr(fet, module)(VOCAB, DIM, max_norm=1.0, **kwargs)
     ours.load_state_dict(reference.state_dict())
     ids = torch.randint(0, VOCAB, (4, 6))
     with torch.no_grad():
@@ -258,6 +259,10 @@ def test_no_grad_and_inference_mode():
         out = ours(more)
         assert out.is_inference() and torch.equal(out, reference(more))
     assert torch.equal(ours.weight, reference.weight)
+
+
+def test_functional_lookup_under_inference_mode():
+    ids = torch.randint(0, VOCAB, (4, 6))
     with torch.inference_mode():
         inference_weight = torch.randn(VOCAB, DIM)
         out = fet.embedding(ids, inference_weight, max_norm=0.5)

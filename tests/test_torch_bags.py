@@ -227,22 +227,6 @@ def test_module_api_and_state_dict_match_torch():
         fet.EmbeddingBag(10, 3, mode="median")
 
 
-def test_no_grad_and_inference_mode():
-    torch.manual_seed(1)
-    reference = nn.EmbeddingBag(VOCAB, DIM, max_norm=1.0, mode="max")
-    ours = fet.EmbeddingBag(VOCAB, DIM, max_norm=1.0, mode="max")
-    ours.load_state_dict(reference.state_dict())
-    ids = torch.randint(0, VOCAB, (4, 6))
-    with torch.no_grad():
-        out = ours(ids)
-        assert out.grad_fn is None and torch.equal(out, reference(ids))
-    with torch.inference_mode():
-        more = torch.randint(0, VOCAB, (3, 6))
-        out = ours(more)
-        assert out.is_inference() and torch.equal(out, reference(more))
-    assert torch.equal(ours.weight, reference.weight)
-
-
 def test_torch_compile_falls_back_to_eager_bags():
     reference, ours = _twins({"mode": "sum", "padding_idx": 0, "max_norm": 1.0})
     compiled = torch.compile(ours, backend="aot_eager")
