@@ -13,7 +13,7 @@ from cython.parallel cimport prange
 import numpy as np
 
 from fastembed._openmp cimport PARALLEL_MIN_BYTES
-from fastembed._memory cimport (FE_PREFETCH_KEEP, FE_PREFETCH_KEEP_WRITE, prefetch_distance, prefetch_row_read,
+from fastembed._memory cimport (FE_MARK_RELAXED, FE_PREFETCH_KEEP, FE_PREFETCH_KEEP_WRITE, prefetch_distance, prefetch_row_read,
                                 prefetch_row_write, worth_prefetching)
 from fastembed._types cimport index_t, real_t
 
@@ -70,6 +70,18 @@ def segment_sum_rows(const real_t[:, ::1] grad, const int64_t[::1] order, const 
         for c in prange(n_chunks, schedule='dynamic', num_threads=n_threads):
             _segment_sum_range(&grad[0, 0], &order[0], &seg_ptr[0], &values[0, 0], dim, n_ids,
                                (n_seg * c) // n_chunks, (n_seg * (c + 1)) // n_chunks)
+
+
+cdef enum:
+    # Below this many ids one thread marks the touched rows faster than a team starts.
+    PARALLEL_MIN_IDS = 32768
+
+
+cdef inline bint _owners_pay(Py_ssize_t dest_bytes) noexcept nogil:
+    """Whether splitting destination rows over threads pays. Each thread scans every id and skips, at a
+    mispredicted branch, the rows it does not own: that costs about as much as adding a row that is in
+    cache, so only destinations too large for the caches (whose rows miss) gain from more threads."""
+    return worth_prefetching(dest_bytes)
 
 
 cdef inline void _scatter_add_dim(real_t *dense, const index_t *ids, const real_t *grad, Py_ssize_t dim,
@@ -135,7 +147,7 @@ def scatter_add_rows(real_t[:, ::1] dense, const index_t[::1] ids, const real_t[
             for t in range(n_ids):
                 touched_rows[ids[t]] = 1
         return
-    if n_threads <= 1 or n_ids * dim * sizeof(real_t) < PARALLEL_MIN_BYTES:
+    if n_threads <= 1 or not _owners_pay(n_rows * dim * sizeof(real_t)):
         with nogil:
             _scatter_add_owned(&dense[0, 0], &ids[0], &grad[0, 0], dim, n_ids, n_rows, 0, n_rows, touched_rows)
         return
@@ -187,13 +199,18 @@ cdef void _sum_by_slot(real_t *values, const int32_t *slot, const index_t *ids, 
         _sum_by_slot_dim(values, slot, ids, grad, dim, n_ids, slot_lo, slot_hi, owned_only, prefetch)
 
 
-cdef Py_ssize_t _mark_rows(const index_t *ids, Py_ssize_t n_ids, int32_t *slot) noexcept nogil:
-    """Set ``slot[id] = 1`` for every id; returns the number of distinct ids."""
-    cdef Py_ssize_t i, distinct = 0
-    for i in range(n_ids):
-        distinct += slot[ids[i]] == 0
-        slot[ids[i]] = 1
-    return distinct
+cdef void _mark_rows(const index_t *ids, Py_ssize_t start, Py_ssize_t end, int32_t *slot) noexcept nogil:
+    """Set ``slot[id] = 1`` for every id (threads may mark the same row at once)."""
+    cdef Py_ssize_t i
+    for i in range(start, end):
+        FE_MARK_RELAXED(<int *>&slot[ids[i]])
+
+
+cdef Py_ssize_t _count_marked(const int32_t *slot, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
+    cdef Py_ssize_t r, marked = 0
+    for r in range(start, end):
+        marked += slot[r]
+    return marked
 
 
 cdef void _number_rows(int32_t *slot, Py_ssize_t n_rows, int64_t *rows) noexcept nogil:
@@ -218,7 +235,7 @@ def sum_rows_by_slot(const index_t[::1] ids, const real_t[:, ::1] grad, int64_t 
     ``values[u] = 0 + sum(grad[i] for i with ids[i] == rows[u])``, i ascending: the same bits for any
     ``n_threads`` (each thread owns a block of output rows and scans every id).
     """
-    cdef Py_ssize_t n = ids.shape[0], dim = grad.shape[1], distinct, t
+    cdef Py_ssize_t n = ids.shape[0], dim = grad.shape[1], distinct = 0, t
     cdef int32_t[::1] slot = np.zeros(n_rows, dtype=np.int32)
     cdef int64_t[::1] rows_view
     cdef real_t[:, ::1] values_view
@@ -227,8 +244,16 @@ def sum_rows_by_slot(const index_t[::1] ids, const real_t[:, ::1] grad, int64_t 
     dtype = np.float32 if real_t is float else np.float64
     if n == 0:
         return np.empty(0, np.int64), np.zeros((0, dim), dtype=dtype)
+    cdef bint parallel = n_threads > 1 and n >= PARALLEL_MIN_IDS
     with nogil:
-        distinct = _mark_rows(&ids[0], n, &slot[0])
+        if parallel:
+            for t in prange(n_threads, schedule='static', num_threads=n_threads):
+                _mark_rows(&ids[0], (n * t) // n_threads, (n * (t + 1)) // n_threads, &slot[0])
+            for t in prange(n_threads, schedule='static', num_threads=n_threads):
+                distinct += _count_marked(&slot[0], (n_rows * t) // n_threads, (n_rows * (t + 1)) // n_threads)
+        else:
+            _mark_rows(&ids[0], 0, n, &slot[0])
+            distinct = _count_marked(&slot[0], 0, n_rows)
     rows = np.empty(distinct + 1, dtype=np.int64)
     rows_view = rows
     with nogil:
@@ -241,7 +266,7 @@ def sum_rows_by_slot(const index_t[::1] ids, const real_t[:, ::1] grad, int64_t 
     values_view = values
     n_slots = <int32_t>distinct
     prefetch = worth_prefetching(distinct * dim * sizeof(real_t))
-    if n_threads <= 1 or n * dim * sizeof(real_t) < PARALLEL_MIN_BYTES:
+    if n_threads <= 1 or not _owners_pay(distinct * dim * sizeof(real_t)):
         with nogil:
             _sum_by_slot(&values_view[0, 0], &slot[0], &ids[0], &grad[0, 0], dim, n, 0, n_slots, False, prefetch)
         return rows, values
