@@ -6,11 +6,13 @@ cdef extern from *:
     #define FE_PREFETCH_WRITE(p) __builtin_prefetch((const void *)(p), 1, 0)
     #define FE_PREFETCH_KEEP(p) __builtin_prefetch((const void *)(p), 0, 3)
     #define FE_PREFETCH_KEEP_WRITE(p) __builtin_prefetch((const void *)(p), 1, 3)
+    #define FE_MARK_RELAXED(p) __atomic_store_n((p), 1, __ATOMIC_RELAXED)
     #else
     #define FE_PREFETCH_READ(p) ((void)0)
     #define FE_PREFETCH_WRITE(p) ((void)0)
     #define FE_PREFETCH_KEEP(p) ((void)0)
     #define FE_PREFETCH_KEEP_WRITE(p) ((void)0)
+    #define FE_MARK_RELAXED(p) (*(p) = 1)
     #endif
     """
     void FE_PREFETCH_READ(const void *p) noexcept nogil
@@ -19,6 +21,9 @@ cdef extern from *:
     # evicted before use, which the non-temporal hint above allows.
     void FE_PREFETCH_KEEP(const void *p) noexcept nogil
     void FE_PREFETCH_KEEP_WRITE(const void *p) noexcept nogil
+    # Store 1 into an int32 that other threads may be setting to 1 at the same time (a plain store on
+    # x86 and ARM; atomic only so that the concurrent identical writes are not a data race).
+    void FE_MARK_RELAXED(int *p) noexcept nogil
 
 cdef enum:
     CACHE_LINE = 64

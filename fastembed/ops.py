@@ -109,22 +109,14 @@ def _group(flat_ids, num_rows, threads, shape, policy=_out_of_range.RAISE_POLICY
     return _grouped(flat_ids, num_rows, threads, dropped)
 
 
-# A dense (V, D) scratch table this small stays in cache, where summing into it beats sorting the ids.
-_DENSE_SCRATCH_MAX_BYTES = 4 << 20
+# The row-to-slot map of sum_rows_by_slot is int32.
+_SLOT_MAP_MAX_ROWS = 2**31 - 1
 
 
-def _dense_sums_are_cheaper(num_rows, dim, n_ids, itemsize):
-    """Small tables hit by at least as many ids as they have rows: the scratch is O(N * D) memory too."""
-    return num_rows is not None and num_rows <= n_ids and num_rows * dim * itemsize <= _DENSE_SCRATCH_MAX_BYTES
-
-
-def _dense_row_sums(flat_ids, grad2d, num_rows, threads):
-    """``(rows, values)`` summed in a zeroed (V, D) scratch; same position order, same bits as grouping."""
-    scratch = np.zeros((num_rows, grad2d.shape[1]), dtype=grad2d.dtype)
-    touched = np.zeros(num_rows, dtype=np.uint8)
-    _scatter.scatter_add_rows(scratch, flat_ids, grad2d, threads, touched)
-    rows = np.flatnonzero(touched)
-    return rows, scratch[rows]
+def _slot_map_applies(num_rows, n_ids):
+    """Tables with at most as many rows as ids: the (V,) slot map is O(N) memory, and summing in place
+    beats sorting the ids."""
+    return num_rows is not None and num_rows <= n_ids and num_rows <= _SLOT_MAP_MAX_ROWS
 
 
 def sparse_grad(ids, grad_out, num_rows=None, n_threads=None, padding_idx=None, scale_grad_by_freq=False,
@@ -165,8 +157,8 @@ def sparse_grad(ids, grad_out, num_rows=None, n_threads=None, padding_idx=None, 
     grad2d = np.ascontiguousarray(grad).reshape(flat.shape[0], dim)
     flat, dropped = _rows_to_read(flat, num_rows, threads, ids.shape, policy)
     if (padding_idx is None and not scale_grad_by_freq and not dropped
-            and _dense_sums_are_cheaper(num_rows, dim, flat.shape[0], grad.itemsize)):
-        rows, values = _dense_row_sums(flat, grad2d, num_rows, threads)
+            and _slot_map_applies(num_rows, flat.shape[0])):
+        rows, values = _scatter.sum_rows_by_slot(flat, grad2d, num_rows, threads)
     else:
         rows, order, seg_ptr = _grouped(flat, num_rows, threads, dropped)
         rows, values = reduce_segments(grad2d, rows, order, seg_ptr, padding_idx, bool(scale_grad_by_freq),

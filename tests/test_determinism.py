@@ -6,8 +6,8 @@ What promises it, and why (a new kernel goes into DETERMINISTIC, or into NOT_DET
   first_out_of_range (_index)            a parallel count; the reported position comes from a serial scan.
   group_rows (_index)                    a stable radix sort; chunk histograms are combined digit-major.
   sparse_grad (segment_sum_rows)         each row sums its contributions in increasing position order.
-  scatter_add (scatter_add_rows)         each thread owns whole rows and visits the ids in order; sparse_grad's
-                                         dense-scratch path for small tables is this kernel too.
+  scatter_add (scatter_add_rows)         each thread owns whole rows and visits the ids in order.
+  sparse_grad, V <= N (sum_rows_by_slot) each thread owns whole output rows and visits the ids in order.
   low-precision gathers (_lowp)          per-row conversions, as the float gather.
   max_norm, renorm_, scale_grad_by_freq (_rowscale)   one thread per row, a fixed order inside a row.
   bags (_bag.bag_forward, embedding_bag_backward)   one thread pools a whole bag in position order; the
@@ -41,6 +41,10 @@ def _inputs():
 
 
 IDS, STRAYS, TABLE, GRAD = _inputs()
+# Destinations beyond the caches: the only ones whose rows the backward kernels split over threads.
+V_WIDE, D_WIDE = N, 16
+IDS_WIDE = np.random.default_rng(7).integers(0, V_WIDE, size=N)
+GRAD_WIDE = np.repeat(GRAD, 2, axis=1)
 LOWP = {storage: lowp.encode(TABLE, storage) for storage in lowp.STORAGES}
 
 
@@ -122,6 +126,9 @@ DETERMINISTIC = {
     "gather int8": lambda t: (fastembed.gather(LOWP["int8"], IDS, n_threads=t),),
     "gather int8 zero": lambda t: (fastembed.gather(LOWP["int8"], STRAYS, n_threads=t, out_of_range="zero"),),
     "scatter_add": lambda t: (fastembed.scatter_add(np.ones((V, D), np.float32), IDS, GRAD, n_threads=t),),
+    "scatter_add large table": lambda t: (fastembed.scatter_add(np.ones((V_WIDE, D_WIDE), np.float32), IDS_WIDE,
+                                                                GRAD_WIDE, n_threads=t),),
+    "sparse_grad V = N": lambda t: _sparse(fastembed.sparse_grad(IDS_WIDE, GRAD_WIDE, num_rows=V_WIDE, n_threads=t)),
     "Embedding backward + step": _layer_step,
     "SparseGrad add": lambda t: _sparse(fastembed.sparse_grad(IDS[:N // 2], GRAD[:N // 2], num_rows=V, n_threads=t)
                                         + fastembed.sparse_grad(IDS[N // 2:], GRAD[N // 2:], num_rows=V,
